@@ -1,0 +1,32 @@
+"""torchpenalty: exact, fast parameter-norm penalties for PyTorch.
+
+reg = torchpenalty.Regularizer(model, "l2(1e-4)")   # weights only, not biases / norms
+loss = criterion(model(x), y) + reg()                 # or reg.attach(opt, mode="decoupled")
+"""
+
+from .attach import AttachHandle
+from .param_groups import param_groups
+from .penalties import L1, L2, ElasticNet, Penalty, Sum, Zero, parse
+from .regularizer import Regularizer
+from .reporting import ParameterReport, Report
+from .selection import Selection, select
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "L1",
+    "L2",
+    "AttachHandle",
+    "ElasticNet",
+    "ParameterReport",
+    "Penalty",
+    "Regularizer",
+    "Report",
+    "Selection",
+    "Sum",
+    "Zero",
+    "__version__",
+    "param_groups",
+    "parse",
+    "select",
+]

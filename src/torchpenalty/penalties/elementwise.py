@@ -1,0 +1,225 @@
+"""Elementwise penalties: L1, L2 and their sum, the elastic net.
+
+All three are ``R(w) = l1 * sum|w| + l2 / 2 * sum(w**2)`` with one of the coefficients possibly
+zero, so they share one implementation of each operation:
+
+- value = ``l1 * sum|w| + l2/2 * sum(w**2)`` (units: those of the loss per unit of strength)
+- grad  = ``l1 * sign(w) + l2 * w`` (``sign(0) = 0``: the minimum-norm subgradient)
+- prox  = ``soft(w, step*l1) / (1 + step*l2)`` with ``soft(w, t) = w - clip(w, -t, t)``
+
+``L2(lam)`` adds ``lam * w`` to the gradient, exactly what ``torch.optim``'s ``weight_decay=lam``
+does. Keras' ``regularizers.L2(l2)`` has no 1/2 (``l2 * sum(w**2)``), so Keras ``L2(x)`` is our
+``L2(2 * x)``; Keras ``L1(x)`` is our ``L1(x)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._checks import ArrayLike, check_strength, xp
+from .base import Penalty, Scalar, accumulation_dtype, check_input
+
+DEFAULT_STRENGTH = 0.01  # Keras' default for its L1/L2/L1L2 regularizers
+
+
+def soft_threshold(w: ArrayLike, t: Scalar) -> ArrayLike:
+    """``sign(w) * max(|w| - t, 0)``, computed as ``w - clip(w, -t, t)`` (no sign, exact zeros)."""
+    return w - xp(w).clip(w, -t, t)
+
+
+def zero_value(w: ArrayLike) -> ArrayLike:
+    """A zero penalty value of the kind and dtype of ``w``, still part of ``w``'s autograd graph.
+
+    Summing an empty view costs O(1) and, unlike ``0 * w.sum()``, does not turn inf into NaN.
+    """
+    if isinstance(w, Tensor):
+        return w.as_strided((0,), (1,)).sum()
+    return np.zeros((), np.asarray(w).dtype)[()]
+
+
+class Elementwise(Penalty):
+    """Base of the ``l1 * sum|w| + l2/2 * sum(w**2)`` family; see the module docstring."""
+
+    @property
+    def l1_coef(self) -> float:
+        return 0.0
+
+    @property
+    def l2_coef(self) -> float:
+        return 0.0
+
+    def value(self, w: ArrayLike) -> ArrayLike:
+        check_input(w)
+        terms = []
+        if self.l1_coef:
+            terms.append(self.l1_coef * abs(w).sum())
+        if self.l2_coef:
+            terms.append(self.l2_coef / 2 * (w * w).sum())
+        if not terms:  # all strengths zero
+            return zero_value(w)
+        return terms[0] + terms[1] if len(terms) == 2 else terms[0]
+
+    def grad(self, w: ArrayLike) -> ArrayLike:
+        check_input(w)
+        out = self.l2_coef * w
+        if self.l1_coef:
+            out = out + self.l1_coef * xp(w).sign(w)
+        return out
+
+    def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
+        step = check_input(w, step)
+        out = soft_threshold(w, step * self.l1_coef) if self.l1_coef else w
+        if self.l2_coef:
+            out = out / (1 + step * self.l2_coef)
+        return out if out is not w else w * 1  # never alias the input
+
+    # -- batched ----------------------------------------------------------------------------
+    def _total_value(self, ws: Sequence[Tensor]) -> Tensor:
+        dtype = accumulation_dtype(ws[0].dtype)
+        total = torch.zeros((), dtype=dtype, device=ws[0].device)
+        if self.l1_coef:
+            total += self.l1_coef * torch.stack(torch._foreach_norm(ws, 1, dtype=dtype)).sum()
+        if self.l2_coef:
+            norms = torch.stack(torch._foreach_norm(ws, 2, dtype=dtype))
+            total += self.l2_coef / 2 * norms.square().sum()
+        return total
+
+    def _grads(self, ws: Sequence[Tensor], scale: Scalar) -> list[Tensor]:
+        if self.l1_coef:
+            out = torch._foreach_sign(ws)
+            torch._foreach_mul_(out, self.l1_coef)
+            if self.l2_coef:
+                torch._foreach_add_(out, ws, alpha=self.l2_coef)
+        else:
+            out = torch._foreach_mul(ws, self.l2_coef)
+        torch._foreach_mul_(out, scale)
+        return out
+
+    def _add_grad_(self, ws: Sequence[Tensor], gs: Sequence[Tensor]) -> None:
+        # Same op as torch.optim's `grad.add(param, alpha=weight_decay)`, so results match bitwise.
+        if self.l2_coef:
+            torch._foreach_add_(gs, ws, alpha=self.l2_coef)
+        if self.l1_coef:
+            torch._foreach_add_(gs, torch._foreach_sign(ws), alpha=self.l1_coef)
+
+    def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
+        signs = torch._foreach_sign(ws) if self.l1_coef else None
+        if self.l2_coef:
+            # AdamW's `param.mul_(1 - lr * weight_decay)`, bit for bit.
+            torch._foreach_mul_(ws, 1 - lr * self.l2_coef)
+        if signs is not None:
+            torch._foreach_mul_(signs, -lr * self.l1_coef)
+            torch._foreach_add_(ws, signs)
+
+    def _prox_(self, ws: Sequence[Tensor], step: Scalar) -> None:
+        if self.l1_coef:
+            t = step * self.l1_coef
+            # One tensor at a time so the temporary is never larger than the largest weight.
+            for w in ws:
+                w.sub_(w.clamp(-t, t))
+        if self.l2_coef:
+            torch._foreach_div_(ws, 1 + step * self.l2_coef)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class L1(Elementwise):
+    """Lasso: value = ``lam * sum|w|``, grad = ``lam * sign(w)``, prox = soft-thresholding."""
+
+    lam: float = DEFAULT_STRENGTH
+
+    name: ClassVar[str] = "l1"
+    keyword_aliases: ClassVar = {"lambd": "lam", "lambda": "lam", "l1": "lam", "alpha": "lam"}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lam", check_strength(self.lam, "lam"))
+
+    @property
+    def l1_coef(self) -> float:
+        return self.lam
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class L2(Elementwise):
+    """Ridge / weight decay: value = ``lam/2 * sum(w**2)``, grad = ``lam * w``.
+
+    ``L2(lam)`` is ``torch.optim``'s ``weight_decay=lam``; Keras' ``L2(x)`` is ``L2(2 * x)``.
+    """
+
+    lam: float = DEFAULT_STRENGTH
+
+    name: ClassVar[str] = "l2"
+    keyword_aliases: ClassVar = {"lambd": "lam", "lambda": "lam", "l2": "lam", "alpha": "lam"}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lam", check_strength(self.lam, "lam"))
+
+    @property
+    def l2_coef(self) -> float:
+        return self.lam
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ElasticNet(Elementwise):
+    """``L1(l1) + L2(l2)``: value = ``l1 * sum|w| + l2/2 * sum(w**2)``.
+
+    prox = ``soft(w, step*l1) / (1 + step*l2)``. scikit-learn's ``ElasticNet(alpha, l1_ratio)``
+    is ``ElasticNet(l1=alpha*l1_ratio, l2=alpha*(1 - l1_ratio))``.
+    """
+
+    l1: float = DEFAULT_STRENGTH
+    l2: float = DEFAULT_STRENGTH
+
+    name: ClassVar[str] = "elastic_net"
+    aliases: ClassVar[tuple[str, ...]] = ("l1_l2", "l1l2", "elasticnet")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "l1", check_strength(self.l1, "l1"))
+        object.__setattr__(self, "l2", check_strength(self.l2, "l2"))
+
+    @property
+    def l1_coef(self) -> float:
+        return self.l1
+
+    @property
+    def l2_coef(self) -> float:
+        return self.l2
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Zero(Penalty):
+    """No penalty (spec ``"none"``): value 0, grad 0, prox the identity. The identity of ``+``."""
+
+    name: ClassVar[str] = "none"
+
+    def value(self, w: ArrayLike) -> ArrayLike:
+        check_input(w)
+        return zero_value(w)
+
+    def grad(self, w: ArrayLike) -> ArrayLike:
+        check_input(w)
+        return xp(w).zeros_like(w)
+
+    def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
+        check_input(w, step)
+        return w * 1
+
+    def __repr__(self) -> str:
+        return "none"
+
+    def _total_value(self, ws: Sequence[Tensor]) -> Tensor:
+        return torch.zeros((), dtype=accumulation_dtype(ws[0].dtype), device=ws[0].device)
+
+    def _add_grad_(self, ws: Sequence[Tensor], gs: Sequence[Tensor]) -> None:
+        pass
+
+    def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
+        pass
+
+    def _prox_(self, ws: Sequence[Tensor], step: Scalar) -> None:
+        pass

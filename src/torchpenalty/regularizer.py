@@ -1,0 +1,264 @@
+"""`Regularizer`: a penalty bound to the selected parameters of a model, applied four ways.
+
+1. loss:       ``loss = data_loss + reg()``            (differentiable; reported in the loss)
+2. gradient:   ``reg.add_to_grad_()`` after backward   (``g += grad R(w)``, no autograd graph)
+3. decoupled:  ``reg.attach(opt, mode="decoupled")``   (``w -= lr * grad R(w)`` before each step)
+4. proximal:   ``reg.attach(opt, mode="proximal")``    (``w = prox(w, lr)`` after each step)
+
+``reg.attach(opt, mode="grad")`` runs (2) before each step. All four use the same penalty math.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .penalties import Penalty, parse
+from .selection import (
+    Among,
+    CompiledRule,
+    Entry,
+    Rule,
+    canonical_name,
+    compile_rule,
+    select_entries,
+)
+
+if TYPE_CHECKING:
+    from .attach import AttachHandle, Mode
+    from .reporting import Report
+
+PenaltyLike = Penalty | str
+PenaltyArg = PenaltyLike | Mapping[Any, PenaltyLike]
+
+
+@dataclasses.dataclass
+class Bucket:
+    """Parameters that share one penalty, device and dtype: one batched call each."""
+
+    penalty: Penalty
+    indices: list[int]  # positions in the regularizer's parameter list
+    params: list[nn.Parameter]
+
+
+def _assign(entries: list[Entry], penalty: PenaltyArg, model: nn.Module) -> list[Penalty | None]:
+    """The penalty of each entry: one for all, or the first matching rule of a mapping."""
+    if not isinstance(penalty, Mapping):
+        return [parse(penalty)] * len(entries)
+    if not penalty:
+        raise ValueError("penalty mapping is empty; give at least one {rule: penalty} pair")
+    assigned: list[Penalty | None] = [None] * len(entries)
+    for key, spec in penalty.items():
+        rules: list[CompiledRule] = compile_rule(key, model)
+        pen = parse(spec)
+        hits = [i for i, e in enumerate(entries) if any(r.matches(e) for r in rules)]
+        if not hits:
+            raise ValueError(
+                f"penalty rule {key!r} selects none of the selected parameters: "
+                + ", ".join(e.name for e in entries)
+            )
+        fresh = [i for i in hits if assigned[i] is None]
+        if not fresh:
+            raise ValueError(f"penalty rule {key!r} is shadowed: earlier rules took all it matches")
+        for i in fresh:
+            assigned[i] = pen
+    return assigned
+
+
+class _PenaltyTotal(torch.autograd.Function):
+    """``sum_b R_b(tensors)`` as one autograd node whose backward is the closed-form gradient.
+
+    Unlike summing per-tensor values, this records no graph over the weights, and its backward
+    allocates only the gradients it returns.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, buckets: Sequence[Bucket], *tensors: Tensor) -> Tensor:
+        ctx.buckets = buckets
+        ctx.save_for_backward(*tensors)
+        return _total(buckets, tensors)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        tensors = ctx.saved_tensors
+        grads: list[Tensor | None] = [None] * len(tensors)
+        for b in ctx.buckets:
+            ws = [tensors[i] for i in b.indices]
+            for i, g in zip(
+                b.indices, b.penalty._grads(ws, grad_out.to(ws[0].device)), strict=True
+            ):
+                grads[i] = g
+        return (None, *grads)
+
+
+def _total(buckets: Sequence[Bucket], tensors: Sequence[Tensor]) -> Tensor:
+    parts = [b.penalty._total_value([tensors[i] for i in b.indices]) for b in buckets]
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    device = parts[0].device
+    total = parts[0].to(dtype)
+    for p in parts[1:]:
+        total = total + p.to(device=device, dtype=dtype)
+    return total
+
+
+class Regularizer:
+    """A penalty bound to parameters of ``model``.
+
+    ``penalty`` is a `Penalty`, a spec string (``"l1(1e-5) + l2(1e-4)"``), or an ordered mapping
+    ``{rule: penalty}`` for per-layer strengths, first matching rule wins (parameters no rule
+    matches are not regularized). ``include`` / ``exclude`` / ``among`` choose the parameters as in
+    `torchpenalty.select`; by default the weights, not biases or normalization parameters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        penalty: PenaltyArg,
+        *,
+        include: Rule | None = None,
+        exclude: Rule | None = None,
+        among: Among = "weights",
+    ) -> None:
+        selected, self.frozen = select_entries(model, include, exclude, among=among)
+        assigned = _assign(selected, penalty, model)
+        kept = [(e, p) for e, p in zip(selected, assigned, strict=True) if p is not None]
+        self._names = [e.name for e, _ in kept]
+        self._params = [e.param for e, _ in kept]
+        self._set_penalties([p for _, p in kept])
+        self._attachments: dict[int, AttachHandle] = {}
+
+    # -- structure --------------------------------------------------------------------------
+    def _set_penalties(self, penalties: Sequence[Penalty]) -> None:
+        self._penalties = list(penalties)
+        groups: dict[tuple, Bucket] = {}
+        for i, (param, pen) in enumerate(zip(self._params, self._penalties, strict=True)):
+            key = (pen, param.device, param.dtype)
+            bucket = groups.setdefault(key, Bucket(pen, [], []))
+            bucket.indices.append(i)
+            bucket.params.append(param)
+        self._buckets = list(groups.values())
+        self.version = getattr(self, "version", 0) + 1  # attachments rebuild their plans
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        return self._buckets
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(canonical name, parameter)`` of every regularized parameter."""
+        yield from zip(self._names, self._params, strict=True)
+
+    def named_penalties(self) -> Iterator[tuple[str, Penalty]]:
+        """``(canonical name, penalty)`` of every regularized parameter."""
+        yield from zip(self._names, self._penalties, strict=True)
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    # -- 1. loss ----------------------------------------------------------------------------
+    def __call__(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """The total penalty, differentiable: ``loss = data_loss + reg()``.
+
+        ``params`` optionally maps canonical names to tensors to evaluate instead of the bound
+        parameters (``torch.func.functional_call`` style); other keys are ignored.
+        """
+        tensors = self._params if params is None else self._lookup(params)
+        return _PenaltyTotal.apply(self._buckets, *tensors)
+
+    def _lookup(self, params: Mapping[str, Tensor]) -> list[Tensor]:
+        canonical: dict[str, Tensor] = {}
+        for key, tensor in params.items():
+            name = canonical_name(key)
+            canonical.setdefault(name, tensor)
+            # Names taken from a DDP-wrapped model carry "module."; a real submodule may too.
+            canonical.setdefault(name.removeprefix("module."), tensor)
+        missing = [n for n in self._names if n not in canonical]
+        if missing:
+            raise ValueError(f"params is missing regularized parameters: {', '.join(missing)}")
+        return [canonical[n] for n in self._names]
+
+    def value(self) -> Tensor:
+        """The total penalty as a 0-dim tensor: no autograd, no device sync."""
+        with torch.no_grad():
+            return _total(self._buckets, self._params)
+
+    # -- 2. gradient ------------------------------------------------------------------------
+    def add_to_grad_(self) -> None:
+        """``p.grad += grad R(p)`` for every regularized ``p`` in place (``.grad`` made if None).
+
+        Gradients are edited in place, never replaced, so DDP bucket views stay valid.
+        """
+        with torch.no_grad():
+            for b in self._buckets:
+                b.penalty._add_grad_(b.params, [self._dense_grad(i) for i in b.indices])
+
+    def _dense_grad(self, i: int) -> Tensor:
+        p = self._params[i]
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        elif p.grad.layout != torch.strided:
+            raise TypeError(
+                f"parameter {self._names[i]!r} has a {p.grad.layout} gradient; gradient mode needs "
+                "dense gradients (e.g. nn.Embedding(sparse=False)), or use mode='decoupled' or "
+                "'proximal', which do not touch gradients"
+            )
+        return p.grad
+
+    # -- 3./4. optimizer hooks --------------------------------------------------------------
+    def attach(self, optimizer: torch.optim.Optimizer, mode: Mode) -> AttachHandle:
+        """Apply the penalty at every ``optimizer.step()`` through its step hooks.
+
+        ``mode="grad"``: ``add_to_grad_()`` before the step. ``"decoupled"``: ``w -= lr *
+        grad R(w)`` before the step, with the ``lr`` of the parameter's group (AdamW-style for
+        any optimizer and penalty). ``"proximal"``: ``w = prox(w, lr)`` after the step (exact
+        zeros for L1). Returns a handle with ``.remove()``.
+        """
+        from .attach import attach
+
+        return attach(self, optimizer, mode)
+
+    # -- reporting and state ----------------------------------------------------------------
+    def report(self) -> Report:
+        """One row per parameter: name, shape, penalty, value, L2 norm, fraction of exact zeros.
+
+        Synchronizes the device once.
+        """
+        from .reporting import report
+
+        return report(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "penalties": {n: p.get_config() for n, p in self.named_penalties()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the penalties saved by `state_dict` (the same parameters must be selected)."""
+        if not isinstance(state, Mapping) or "penalties" not in state:
+            raise ValueError("state must be a mapping with a 'penalties' entry, from state_dict()")
+        saved = state["penalties"]
+        if list(saved) != self._names:
+            raise ValueError(
+                "state_dict regularizes other parameters: saved "
+                f"{sorted(set(saved) - set(self._names))} not here, "
+                f"{sorted(set(self._names) - set(saved))} missing"
+            )
+        self._set_penalties([Penalty.from_config(saved[n]) for n in self._names])
+
+    def __repr__(self) -> str:
+        lines = ["Regularizer("]
+        for b in self._buckets:
+            items = ", ".join(f"{self._names[i]} {tuple(self._params[i].shape)}" for i in b.indices)
+            lines.append(f"  {b.penalty!r}: {items}")
+        if self.frozen:
+            lines.append(f"  skipped (frozen): {', '.join(self.frozen)}")
+        lines.append(")")
+        return "\n".join(lines)

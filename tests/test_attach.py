@@ -1,0 +1,244 @@
+"""Every mode against torch.optim: L2 must be `weight_decay`, decoupled L2 must be AdamW."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchpenalty import L1, L2, Regularizer
+
+from .conftest import WEIGHTS, make_batches, make_model
+
+LAM = 0.05
+STEPS = 60
+
+
+def weight_groups(model, **extra):
+    """Hand-built reference groups: the three weights decayed, everything else not."""
+    weights = [p for n, p in model.named_parameters() if n in WEIGHTS]
+    others = [p for n, p in model.named_parameters() if n not in WEIGHTS]
+    return [{"params": weights, **extra}, {"params": others, **extra, "weight_decay": 0.0}]
+
+
+def train(model, optimizer, *, reg=None, mode=None, scheduler=None, steps=STEPS, dtype=None):
+    for x, y in make_batches(steps, dtype or torch.float64):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        if mode == "loss":
+            loss = loss + reg()
+        loss.backward()
+        if mode == "manual-grad":
+            reg.add_to_grad_()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def assert_same_parameters(a, b, rtol):
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def assert_moved(model, initial):
+    pairs = zip(model.parameters(), initial.parameters(), strict=True)
+    assert any(not torch.equal(p, q) for p, q in pairs)
+
+
+OPTIMIZERS = {
+    "sgd-momentum": lambda groups: torch.optim.SGD(groups, lr=0.1, momentum=0.9),
+    "sgd-nesterov": lambda groups: torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True),
+    "adam": lambda groups: torch.optim.Adam(groups, lr=1e-2),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("mode", ["loss", "manual-grad", "grad"])
+def test_l2_matches_torch_weight_decay(optimizer, mode):
+    make = OPTIMIZERS[optimizer]
+    reference = make_model()
+    ours = copy.deepcopy(reference)
+    train(reference, make(weight_groups(reference, weight_decay=LAM)))
+
+    reg = Regularizer(ours, L2(LAM))
+    opt = make(list(ours.parameters()))
+    if mode == "grad":
+        reg.attach(opt, mode="grad")
+    train(ours, opt, reg=reg, mode=mode)
+
+    assert_moved(ours, make_model())
+    assert_same_parameters(ours, reference, rtol=1e-9)
+
+
+def lr_groups(model):
+    """Two param groups with different learning rates."""
+    first = [p for n, p in model.named_parameters() if n.startswith(("conv", "bn"))]
+    second = [p for n, p in model.named_parameters() if not n.startswith(("conv", "bn"))]
+    return [{"params": first, "lr": 1e-2}, {"params": second, "lr": 3e-3}]
+
+
+def test_decoupled_l2_matches_adamw_with_two_lr_groups_and_a_schedule():
+    reference = make_model()
+    ours = copy.deepcopy(reference)
+    ref_groups = []
+    for g in lr_groups(reference):
+        decayed = [
+            p for p in g["params"] if any(p is q for q in weight_groups(reference)[0]["params"])
+        ]
+        rest = [p for p in g["params"] if not any(p is q for q in decayed)]
+        ref_groups += [
+            {"params": decayed, "lr": g["lr"]},
+            {"params": rest, "lr": g["lr"], "weight_decay": 0.0},
+        ]
+    ref_opt = torch.optim.AdamW(ref_groups, weight_decay=LAM)
+    train(reference, ref_opt, scheduler=torch.optim.lr_scheduler.StepLR(ref_opt, 20, 0.5))
+
+    reg = Regularizer(ours, L2(LAM))
+    opt = torch.optim.Adam(lr_groups(ours))
+    reg.attach(opt, mode="decoupled")
+    train(ours, opt, scheduler=torch.optim.lr_scheduler.StepLR(opt, 20, 0.5))
+
+    assert_moved(ours, make_model())
+    assert_same_parameters(ours, reference, rtol=1e-12)
+
+
+def test_proximal_l1_gives_exact_zeros_and_matches_the_formula():
+    """SGD then soft-thresholding at lr*lam, written out independently of the library."""
+    lam, lr = 0.02, 0.1
+    reference = make_model()
+    ours = copy.deepcopy(reference)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=lr)
+    for x, y in make_batches(30):
+        ref_opt.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        ref_opt.step()
+        with torch.no_grad():
+            for name, p in reference.named_parameters():
+                if name in WEIGHTS:
+                    p.copy_(torch.sign(p) * torch.clamp(p.abs() - lr * lam, min=0))
+
+    opt = torch.optim.SGD(ours.parameters(), lr=lr)
+    Regularizer(ours, L1(lam)).attach(opt, mode="proximal")
+    train(ours, opt, steps=30)
+
+    assert_same_parameters(ours, reference, rtol=1e-12)
+    zeros = sum(int((p == 0).sum()) for n, p in ours.named_parameters() if n in WEIGHTS)
+    assert zeros > 0.1 * sum(p.numel() for n, p in ours.named_parameters() if n in WEIGHTS)
+
+
+def test_loss_mode_l1_gives_no_exact_zeros():
+    model = make_model()
+    reg = Regularizer(model, L1(0.02))
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1), reg=reg, mode="loss", steps=30)
+    assert reg.report().zero_fraction == 0.0
+
+
+def test_proximal_follows_the_lr_of_each_group():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)).double()
+    opt = torch.optim.SGD(
+        [
+            {"params": model[0].parameters(), "lr": 1.0},
+            {"params": model[1].parameters(), "lr": 0.0},
+        ],
+        lr=0.5,
+    )
+    Regularizer(model, L2(1.0)).attach(opt, mode="proximal")
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(model[0].weight, before[0] / 2)  # prox of L2: w / (1 + lr*lam)
+    torch.testing.assert_close(model[1].weight, before[1])
+
+
+def test_decoupled_any_penalty_and_tensor_lr():
+    model = nn.Sequential(nn.Linear(3, 3, bias=False)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1))
+    Regularizer(model, "l1(0.5) + l2(0.2)").attach(opt, mode="decoupled")
+    w = model[0].weight.detach().clone()
+    model[0].weight.grad = torch.zeros_like(w)
+    opt.step()
+    torch.testing.assert_close(model[0].weight, w - 0.1 * (0.5 * torch.sign(w) + 0.2 * w))
+
+
+def test_handle_remove_and_context_manager(model):
+    reg = Regularizer(model, L2(1.0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with reg.attach(opt, mode="decoupled") as handle:
+        assert handle.mode == "decoupled"
+    handle2 = reg.attach(opt, mode="proximal")  # allowed again after removal
+    handle2.remove()
+    w = model.fc.weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(model.fc.weight, w)  # nothing attached any more
+
+
+def test_attach_errors(model):
+    reg = Regularizer(model, L2(1.0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer"):
+        reg.attach(model, mode="grad")
+    with pytest.raises(ValueError, match="mode='loss' needs no attach"):
+        reg.attach(opt, mode="loss")
+    with pytest.raises(ValueError, match="mode must be one of 'grad', 'decoupled', 'proximal'"):
+        reg.attach(opt, mode="adamw")
+    reg.attach(opt, mode="grad")
+    with pytest.raises(ValueError, match="already attached to this optimizer"):
+        reg.attach(opt, mode="decoupled")
+    partial = torch.optim.SGD(model.fc.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"not in the optimizer SGD: conv\.weight, head\.weight"):
+        reg.attach(partial, mode="grad")
+
+
+def test_proximal_refuses_sums_without_a_closed_prox(model):
+    from .penalties.test_composite import LogCosh
+
+    reg = Regularizer(model, LogCosh(0.1) + L1(0.1))
+    with pytest.raises(ValueError, match="no closed form"):
+        reg.attach(torch.optim.SGD(model.parameters(), lr=0.1), mode="proximal")
+
+
+def test_group_without_lr_is_refused_for_lr_modes(model):
+    class NoLr(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {})
+
+        def step(self, closure=None):
+            return None
+
+    reg = Regularizer(model, L2(1.0))
+    with pytest.raises(ValueError, match="needs an 'lr' in every param group"):
+        reg.attach(NoLr(model.parameters()), mode="decoupled")
+    reg.attach(NoLr(model.parameters()), mode="grad")  # grad mode needs no lr
+
+
+def test_reloaded_penalties_reach_attached_hooks(model):
+    reg = Regularizer(model, L2(0.0))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    reg.attach(opt, mode="proximal")
+    reg.load_state_dict(Regularizer(model, L2(1.0)).state_dict())
+    w = model.fc.weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(model.fc.weight, w / 2)
+
+
+def test_float32_decoupled_matches_adamw_too():
+    reference = make_model(torch.float32)
+    ours = copy.deepcopy(reference)
+    train(
+        reference,
+        torch.optim.AdamW(weight_groups(reference, weight_decay=LAM), lr=1e-2),
+        steps=20,
+        dtype=torch.float32,
+    )
+    opt = torch.optim.Adam(ours.parameters(), lr=1e-2)
+    Regularizer(ours, L2(LAM)).attach(opt, mode="decoupled")
+    train(ours, opt, steps=20, dtype=torch.float32)
+    assert_same_parameters(ours, reference, rtol=1e-6)

@@ -1,0 +1,148 @@
+"""`select`: the default "weights" rule, every rule kind, canonical names and the errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchpenalty import select
+from torchpenalty.selection import canonical_name, unwrap
+
+from .conftest import WEIGHTS, make_model
+
+
+def names(selection):
+    return [n for n, _ in selection]
+
+
+def test_default_selects_weights_not_biases_or_norms(model):
+    sel = select(model)
+    assert names(sel) == WEIGHTS
+    assert all(p is dict(model.named_parameters())[n] for n, p in sel)
+    assert sel.frozen == []
+
+
+class RMSNormLike(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, d))  # 2-D on purpose: only the class name tells
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
+        self.norm = RMSNormLike(4)
+        self.rms = nn.RMSNorm(4)
+        self.gn = nn.GroupNorm(2, 4)
+        self.inorm = nn.InstanceNorm1d(4, affine=True)
+        self.attn = nn.MultiheadAttention(4, 2)
+        self.proj = nn.Linear(4, 4)
+
+    def no_weight_decay(self):
+        return {"pos_embed"}
+
+
+def test_default_rule_on_many_layer_kinds():
+    sel = names(select(Block()))
+    assert sel == ["emb.weight", "attn.in_proj_weight", "attn.out_proj.weight", "proj.weight"]
+
+
+def test_no_weight_decay_of_a_submodule_is_relative_to_it():
+    model = nn.Sequential(Block())
+    assert "0.pos_embed" not in names(select(model))
+    assert "0.pos_embed" in names(select(model, include="*pos_embed", among="all"))
+
+
+def test_include_kinds(model):
+    assert names(select(model, include="fc.*")) == ["fc.weight"]
+    assert names(select(model, include=nn.Linear)) == ["fc.weight", "head.weight"]
+    assert names(select(model, include=model.head)) == ["head.weight"]
+    assert names(select(model, include=model.conv.weight)) == ["conv.weight"]
+    assert names(select(model, include=lambda n, p, m: p.shape[0] == 8)) == ["fc.weight"]
+    assert names(select(model, include=["conv.*", model.head])) == ["conv.weight", "head.weight"]
+    assert names(select(model, include=nn.Linear, among="all")) == [
+        "fc.weight",
+        "fc.bias",
+        "head.weight",
+        "head.bias",
+    ]
+
+
+def test_exclude(model):
+    assert names(select(model, exclude="head.*")) == ["conv.weight", "fc.weight"]
+    assert names(select(model, exclude=[nn.Conv2d, model.fc])) == ["head.weight"]
+    # an exclude rule may name parameters the default already leaves out
+    assert names(select(model, exclude="*.bias")) == WEIGHTS
+
+
+def test_among_all_reaches_biases_and_norms(model):
+    assert names(select(model, include="bn.*", among="all")) == ["bn.weight", "bn.bias"]
+
+
+def test_canonical_names_through_compile_and_dataparallel(model):
+    compiled = torch.compile(model)
+    assert names(select(compiled)) == WEIGHTS
+    assert names(select(compiled, include="fc.weight")) == ["fc.weight"]
+    wrapped = nn.DataParallel(model)  # prefixes "module." like DDP
+    assert names(select(wrapped)) == WEIGHTS
+    assert unwrap(nn.DataParallel(compiled)) is model
+    model.fc = torch.compile(model.fc)  # a compiled submodule adds "_orig_mod." mid-name
+    assert names(select(model)) == WEIGHTS
+    assert canonical_name("a._orig_mod.b.weight") == "a.b.weight"
+
+
+def test_tied_parameters_count_once():
+    model = nn.Sequential(nn.Embedding(7, 4), nn.Linear(4, 7, bias=False))
+    model[1].weight = model[0].weight
+    sel = select(model)
+    assert names(sel) == ["0.weight"]
+
+
+def test_frozen_parameters_are_skipped_and_reported(model):
+    model.conv.weight.requires_grad_(False)
+    sel = select(model)
+    assert names(sel) == ["fc.weight", "head.weight"]
+    assert sel.frozen == ["conv.weight"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"include": "encoder.*"}, ValueError, r"rule 'encoder\.\*' selects nothing"),
+        ({"include": "fc.bias"}, ValueError, "pass among='all' to select them"),
+        ({"include": nn.Conv1d}, ValueError, "rule Conv1d selects nothing"),
+        ({"exclude": "nope.*"}, ValueError, r"exclude rule 'nope\.\*' matches no parameter"),
+        ({"include": nn.Linear(2, 2)}, ValueError, "is not a submodule of the model"),
+        ({"include": nn.Parameter(torch.ones(2, 2))}, ValueError, "does not belong to the model"),
+        ({"include": 3}, TypeError, "a rule must be a glob on parameter names"),
+        ({"include": int}, TypeError, "must be an nn.Module subclass"),
+        ({"include": []}, ValueError, "an empty list is not a rule"),
+        ({"exclude": nn.Module}, ValueError, "the selection is empty"),
+        ({"among": "biases"}, ValueError, "among must be 'weights' or 'all'"),
+    ],
+)
+def test_bad_rules(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        select(model, **kwargs)
+
+
+def test_frozen_only_rule_and_all_frozen(model):
+    model.conv.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="selects only frozen parameters"):
+        select(model, include=model.conv.weight)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"frozen parameters skipped: conv\.weight, fc\.weight"):
+        select(model)
+
+
+def test_model_must_be_a_module():
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+        select([torch.ones(2, 2)])
+
+
+def test_float32_model_selection_is_dtype_agnostic():
+    assert names(select(make_model(torch.float32))) == WEIGHTS
