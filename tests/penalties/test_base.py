@@ -30,6 +30,18 @@ def test_config_errors():
         Penalty.from_config("l2")
 
 
+def test_scaling_multiplies_every_strength():
+    assert 0.5 * L2(1.0) == L2(0.5) == L2(1.0) * 0.5
+    assert 3 * ElasticNet(0.1, 0.2) == ElasticNet(0.1 * 3, 0.2 * 3)
+    assert 2.0 * Zero() == Zero()
+    w = torch.randn(4, dtype=torch.float64)
+    torch.testing.assert_close((2.5 * L1(0.3)).value(w), 2.5 * L1(0.3).value(w))
+    with pytest.raises(ValueError, match="factor must be a finite number >= 0"):
+        -1.0 * L2(0.1)
+    with pytest.raises(TypeError):
+        L2(0.1) * "2"
+
+
 def test_registry():
     assert lookup("L1_L2") is ElasticNet and lookup("none") is Zero
     assert {"l1", "l2", "elastic_net", "l1_l2", "none"} <= set(known_names())

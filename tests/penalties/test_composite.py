@@ -92,6 +92,11 @@ def test_sum_config_and_repr_round_trip():
     assert repr(pen) == "l1(lam=0.1) + test_logcosh(lam=0.5)"  # canonical: elementwise first
 
 
+def test_scaling_a_sum_scales_each_term():
+    pen = LogCosh(0.5) + L1(0.1)
+    assert 2 * pen == LogCosh(1.0) + L1(0.2)
+
+
 def test_sum_needs_two_penalties():
     with pytest.raises(TypeError, match="two or more"):
         Sum((L1(0.1),))

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .._checks import ArrayLike, check_array, check_step
+from .._checks import ArrayLike, check_array, check_step, check_strength
 
 #: spec name (and alias) -> penalty class; filled by `Penalty.__init_subclass__`.
 REGISTRY: dict[str, type[Penalty]] = {}
@@ -118,6 +118,17 @@ class Penalty(ABC):
         from .composite import combine
 
         return combine(self, other)
+
+    def __mul__(self, factor: object) -> Penalty:
+        """``c * R``: every strength multiplied by ``c`` (a finite number >= 0)."""
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            return NotImplemented
+        factor = check_strength(factor, "factor")
+        return self._from_params(
+            {k: v * factor if isinstance(v, float) else v for k, v in self.params().items()}
+        )
+
+    __rmul__ = __mul__
 
     # -- batched, in place, torch only (the Regularizer's hot path) --------------------------
     def _total_value(self, ws: Sequence[Tensor]) -> Tensor:

@@ -116,5 +116,12 @@ class Sum(Penalty):
             raise ValueError(f"sum takes exactly the argument 'terms', got {sorted(params)}")
         return combine(*(Penalty.from_config(t) for t in params["terms"]))
 
+    def __mul__(self, factor: object) -> Penalty:
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            return NotImplemented
+        return combine(*(t * factor for t in self.terms))
+
+    __rmul__ = __mul__
+
     def __repr__(self) -> str:
         return " + ".join(repr(t) for t in self.terms)
