@@ -1,0 +1,57 @@
+"""The ``torchpenalty`` command: ``compare``, ``sweep`` and ``demo``.
+
+Exit codes: 0 done, 1 a demo whose effect is absent, 2 bad flags or bad data (one line, no
+traceback), 130 interrupted (the finished runs are kept and reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from . import compare, demo, sweep
+from .common import CommandError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchpenalty",
+        description="Train and compare parameter-norm regularizers on real data.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (compare, sweep, demo):
+        module.add_parser(subparsers)
+    return parser
+
+
+def _check_extras() -> None:
+    missing = [m for m in ("sklearn", "matplotlib", "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CommandError(
+            f"the command-line tool needs {', '.join(missing)}: pip install 'torchpenalty[cli]'"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        _check_extras()
+    except CommandError as exc:
+        print(f"torchpenalty: error: {exc}", file=sys.stderr)
+        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command_parser = parser._subparsers._group_actions[0].choices[args.command]
+    try:
+        return args.handler(args, command_parser)
+    except CommandError as exc:
+        print(f"torchpenalty: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

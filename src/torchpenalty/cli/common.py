@@ -1,0 +1,313 @@
+"""Flags and helpers shared by the commands: data, model, training and output options."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import torchpenalty
+from torchpenalty import Regularizer
+from torchpenalty.experiments import data as datasets
+from torchpenalty.experiments.models import ACTIVATIONS, MODELS, build
+from torchpenalty.experiments.training import (
+    MODES,
+    Contender,
+    RunResult,
+    TrainConfig,
+    make_optimizer,
+    optimizer_classes,
+)
+
+DEFAULT_MOMENTUM = 0.9
+
+
+class CommandError(Exception):
+    """A one-line error for the user (exit code 2), e.g. a bad data file."""
+
+
+# -- argument types: each raises ArgumentTypeError, which argparse turns into a usage error -----
+def penalty_spec(text: str) -> torchpenalty.Penalty:
+    try:
+        return torchpenalty.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).splitlines()[0]) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return value
+
+
+def hidden_sizes(text: str) -> tuple[int, ...]:
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected layer widths such as 200,100")
+    return tuple(positive_int(p.strip()) for p in parts)
+
+
+def optimizer_name(text: str) -> str:
+    if text.lower() not in optimizer_classes():
+        names = ", ".join(sorted(optimizer_classes()))
+        raise argparse.ArgumentTypeError(f"unknown optimizer {text!r}; choose from {names}")
+    return text.lower()
+
+
+def device_name(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise argparse.ArgumentTypeError(f"device {text!r} is not usable here ({exc})") from None
+    return text
+
+
+# -- flag groups --------------------------------------------------------------------------------
+def add_data_flags(parser: argparse.ArgumentParser, default: str = "digits") -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        default=default,
+        metavar="SPEC",
+        help="digits (default), synthetic-linear, mnist:PATH (mnist.npz or an IDX "
+        "folder), csv:PATH",
+    )
+    g.add_argument("--target", metavar="COLUMN", help="label column of csv data")
+    g.add_argument(
+        "--task",
+        choices=("auto", "classification", "regression"),
+        default="auto",
+        help="csv data: classification or regression (auto: integer labels, <= 20 classes)",
+    )
+    g.add_argument(
+        "--train-size",
+        type=positive_int,
+        metavar="N",
+        help="subsample N training rows (fixed, stratified)",
+    )
+
+
+def add_model_flags(parser: argparse.ArgumentParser, default: str = "mlp") -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", choices=MODELS, default=default)
+    g.add_argument(
+        "--hidden",
+        type=hidden_sizes,
+        default=(200, 100),
+        metavar="W1,W2",
+        help="MLP hidden widths (default 200,100)",
+    )
+    g.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu")
+    g.add_argument("--dropout", type=probability, default=0.0, metavar="P")
+
+
+def add_training_flags(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument(
+        "--optimizer",
+        type=optimizer_name,
+        default=defaults.get("optimizer", "sgd"),
+        help="any torch.optim optimizer by name: sgd, adam, adamw, rmsprop, ...",
+    )
+    g.add_argument("--lr", type=positive_float, default=defaults.get("lr", 0.05))
+    g.add_argument(
+        "--momentum",
+        type=non_negative_float,
+        help=f"default {DEFAULT_MOMENTUM} for optimizers that take momentum (sgd, "
+        "rmsprop), none for the others",
+    )
+    g.add_argument("--epochs", type=positive_int, default=defaults.get("epochs", 60))
+    g.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 64))
+    g.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="repeat with K seeds and report mean ± std",
+    )
+    g.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    g.add_argument("--device", type=device_name, default="cpu")
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default runs/<command>-<timestamp>/)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_mode_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode", choices=MODES, default="loss", help="how penalties are applied (default loss)"
+    )
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def load_data(args: argparse.Namespace) -> datasets.Dataset:
+    try:
+        data = datasets.load(args.data, target=args.target, task=args.task)
+        if args.train_size is not None:
+            data = data.subsample_train(args.train_size)
+    except datasets.DataError as exc:
+        raise CommandError(str(exc)) from None
+    return data
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    momentum = args.momentum
+    if momentum is None:
+        accepted = inspect.signature(optimizer_classes()[args.optimizer]).parameters
+        momentum = DEFAULT_MOMENTUM if "momentum" in accepted else None
+    return TrainConfig(
+        model=args.model,
+        hidden=tuple(args.hidden),
+        activation=args.activation,
+        dropout=args.dropout,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=momentum,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+
+
+def check_setup(
+    parser: argparse.ArgumentParser,
+    data: datasets.Dataset,
+    config: TrainConfig,
+    contenders: Sequence[Contender],
+    rules_file: Path | None = None,
+) -> None:
+    """Fail before any training: the model must suit the data, the optimizer must take the flags,
+    and every penalty rule must select something (a usage error, or one line for a rules file)."""
+    try:
+        model = build(
+            config.model,
+            data,
+            hidden=config.hidden,
+            activation=config.activation,
+            dropout=config.dropout,
+        )
+        for c in contenders:
+            make_optimizer(
+                config.optimizer,
+                model.parameters(),
+                lr=config.lr,
+                momentum=config.momentum,
+                weight_decay=c.weight_decay,
+            )
+    except ValueError as exc:
+        parser.error(str(exc))
+    for c in contenders:
+        if c.penalty is None:
+            continue
+        try:
+            Regularizer(model, c.penalty)
+        except ValueError as exc:
+            if isinstance(c.penalty, dict) and rules_file is not None:
+                raise CommandError(f"{rules_file}: {exc}") from None
+            parser.error(f"--reg {c.label}: {exc}")
+
+
+def output_dir(args: argparse.Namespace, command: str) -> Path:
+    out = args.out
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{command}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    return list(range(args.seed, args.seed + args.seeds))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torchpenalty.Penalty):
+        return repr(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags as JSON-able values, recorded in results.json."""
+    return {k: _jsonable(v) for k, v in vars(args).items() if k != "handler"}
+
+
+def data_summary(data: datasets.Dataset) -> dict[str, Any]:
+    return {
+        "name": data.name,
+        "task": data.task,
+        "features": data.n_features,
+        "classes": data.n_classes,
+        "train": len(data.x_train),
+        "validation": len(data.x_val),
+        "test": len(data.x_test),
+    }
+
+
+def echo(*parts: object, file=None) -> None:
+    print(*parts, file=file or sys.stdout, flush=True)
+
+
+def finished(args: argparse.Namespace, result: RunResult) -> None:
+    """Without progress bars, one line per finished run."""
+    if args.quiet:
+        echo(f"finished {result.contender} (seed {result.seed}) in {result.wall_time:.1f} s")
+
+
+def describe_run(data: datasets.Dataset, config: TrainConfig, seed_list: Sequence[int]) -> str:
+    model = config.model + (
+        f" {','.join(map(str, config.hidden))} {config.activation}" if config.model == "mlp" else ""
+    )
+    momentum = f" momentum {config.momentum:g}" if config.momentum is not None else ""
+    return (
+        f"data {data.name} ({len(data.x_train)} train / {len(data.x_val)} validation / "
+        f"{len(data.x_test)} test), model {model}, {config.optimizer} lr {config.lr:g}{momentum}, "
+        f"{config.epochs} epochs, batch {config.batch_size}, seeds {list(seed_list)}"
+    )

@@ -1,0 +1,188 @@
+"""``torchpenalty compare``: train one model per regularizer and show the results side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from torchpenalty import parse
+from torchpenalty.experiments import plots
+from torchpenalty.experiments.results import (
+    environment,
+    format_table,
+    run_records,
+    summarize,
+    write_history,
+    write_json,
+)
+from torchpenalty.experiments.training import Contender, RunResult, run
+
+from . import common
+
+DEFAULT_REGS = ("none", "l2(1e-3)", "l1(1e-4)")
+DEFAULT_WEIGHT_DECAY = 1e-3
+
+
+def spec_text(text: str) -> str:
+    common.penalty_spec(text)  # validates; the label keeps the user's spelling
+    return text.strip()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="train the same model once per regularizer and compare",
+        description="Train the same model, from the same initialisation and data split, once per "
+        "regularizer, then print a table and write results.json, history.csv and figures. With no "
+        f"regularizer flags: {', '.join(DEFAULT_REGS)} and weight_decay={DEFAULT_WEIGHT_DECAY:g}.",
+    )
+    g = p.add_argument_group("regularizers")
+    g.add_argument(
+        "--reg",
+        action="append",
+        type=spec_text,
+        metavar="SPEC",
+        help="a penalty spec (repeatable): none, l2(1e-4), l1(1e-5) + l2(1e-4), ...",
+    )
+    common.add_mode_flag(g)
+    g.add_argument(
+        "--weight-decay",
+        action="append",
+        type=common.non_negative_float,
+        metavar="X",
+        help="torch.optim's own weight_decay as one more contender (repeatable)",
+    )
+    g.add_argument(
+        "--rules",
+        type=Path,
+        metavar="TOML",
+        help="per-layer rules, one more contender: a TOML file mapping parameter "
+        'names or globs to specs, e.g. "0.weight" = "l1(1e-4)"; first match wins',
+    )
+    common.add_data_flags(p)
+    common.add_model_flags(p)
+    common.add_training_flags(p)
+    common.add_output_flags(p)
+    p.set_defaults(handler=main)
+
+
+def load_rules(path: Path) -> dict[str, str]:
+    """A TOML file of ``"glob" = "spec"`` pairs, in file order."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        rules = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise common.CommandError(f"{path}: cannot read rules file ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise common.CommandError(f"{path}: not valid TOML ({exc})") from None
+    if not rules:
+        raise common.CommandError(f'{path}: no rules; write lines such as "fc.weight" = "l2(1e-4)"')
+    for key, spec in rules.items():
+        if not isinstance(spec, str):
+            raise common.CommandError(
+                f"{path}: rule {key!r} must map to a spec string, got {spec!r}"
+            )
+        try:
+            parse(spec)
+        except ValueError as exc:
+            raise common.CommandError(f"{path}: rule {key!r}: {str(exc).splitlines()[0]}") from None
+    return rules
+
+
+def contenders(args: argparse.Namespace) -> list[Contender]:
+    regs = args.reg
+    decays = args.weight_decay
+    if regs is None and decays is None and args.rules is None:
+        regs, decays = list(DEFAULT_REGS), [DEFAULT_WEIGHT_DECAY]
+    suffix = "" if args.mode == "loss" else f" [{args.mode}]"
+    out = []
+    for text in regs or ():
+        penalty = parse(text)
+        label = text if penalty == parse("none") else text + suffix
+        out.append(Contender(label, penalty, args.mode))
+    for wd in decays or ():
+        out.append(Contender(f"weight_decay={wd:g}", None, "loss", weight_decay=wd))
+    if args.rules is not None:
+        out.append(Contender(f"rules:{args.rules.name}{suffix}", load_rules(args.rules), args.mode))
+    labels = [c.label for c in out]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"the same contender is given twice: {', '.join(duplicates)}")
+    return out
+
+
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        entrants = contenders(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    data = common.load_data(args)
+    config = common.train_config(args)
+    common.check_setup(parser, data, config, entrants, rules_file=args.rules)
+    out = common.output_dir(args, "compare")
+    seed_list = common.seeds(args)
+    common.echo(common.describe_run(data, config, seed_list))
+    for c in entrants:
+        common.echo(f"  {c.label}: {c.describe()}")
+
+    results: list[RunResult] = []
+    final_models: dict[str, Any] = {}
+    interrupted = False
+    try:
+        for c in entrants:
+            for seed in seed_list:
+                result = run(
+                    data, c, config, seed, progress=not args.quiet, keep_model=seed == seed_list[0]
+                )
+                results.append(result)
+                common.finished(args, result)
+                if result.model is not None:
+                    final_models[c.label] = result.model
+    except KeyboardInterrupt:
+        interrupted = True
+        common.echo(f"\ninterrupted: keeping the {len(results)} finished run(s)", file=sys.stderr)
+    if not results:
+        return 130
+
+    labels = [c.label for c in entrants]
+    summary = summarize(results, labels)
+    common.echo()
+    common.echo(format_table(summary, data.task))
+    payload = {
+        "command": "compare",
+        "argv": sys.argv[1:],
+        "flags": common.flags(args),
+        "versions": environment(),
+        "seeds": seed_list,
+        "data": common.data_summary(data),
+        "contenders": [
+            {
+                "label": c.label,
+                "description": c.describe(),
+                "mode": c.mode,
+                "penalty": None
+                if c.penalty is None
+                else (
+                    {k: str(v) for k, v in c.penalty.items()}
+                    if isinstance(c.penalty, dict)
+                    else repr(c.penalty)
+                ),
+                "weight_decay": c.weight_decay,
+            }
+            for c in entrants
+        ],
+        "summary": summary,
+        "runs": run_records(results),
+        "interrupted": interrupted,
+    }
+    write_json(out / "results.json", payload)
+    write_history(out / "history.csv", results)
+    plots.plot_curves(results, [s["contender"] for s in summary], data.task, out / "curves.png")
+    plots.plot_weight_histograms(final_models, out / "weights.png")
+    common.echo(f"\nwrote {out}/: results.json, history.csv, curves.png, weights.png")
+    return 130 if interrupted else 0

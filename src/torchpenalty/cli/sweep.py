@@ -1,0 +1,192 @@
+"""``torchpenalty sweep``: the regularization path of one penalty over a grid of strengths.
+
+The strength is chosen on the validation split, never on test; its test score is then reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+import numpy as np
+
+from torchpenalty import Penalty, Zero, parse
+from torchpenalty.experiments import plots
+from torchpenalty.experiments.results import (
+    environment,
+    format_table,
+    metric_name,
+    run_records,
+    summarize,
+    write_history,
+    write_json,
+)
+from torchpenalty.experiments.training import Contender, RunResult, clone_state, run
+from torchpenalty.penalties import lookup
+
+from . import common
+
+
+def lam_grid(text: str) -> list[float]:
+    """``START:STOP:NUM`` (a log grid) or a comma-separated list of strengths >= 0."""
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(
+                f"expected START:STOP:NUM such as 1e-6:1e-1:13, got {text!r}"
+            )
+        start, stop = (common.positive_float(p) for p in parts[:2])
+        num = common.positive_int(parts[2])
+        if num < 2:
+            raise argparse.ArgumentTypeError(f"a grid needs NUM >= 2 points, got {text!r}")
+        return [float(x) for x in np.geomspace(start, stop, num)]
+    values = [common.non_negative_float(p.strip()) for p in text.split(",") if p.strip()]
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError(f"a sweep needs at least 2 strengths, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"repeated strengths in {text!r}")
+    return values
+
+
+def unit_penalty(text: str) -> Penalty:
+    """The penalty that ``lam`` multiplies: a bare name means strength 1 for each argument."""
+    try:
+        if "(" not in text:
+            cls = lookup(text.strip())
+            penalty = cls(**{f.name: 1.0 for f in dataclasses.fields(cls)})
+        else:
+            penalty = parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).splitlines()[0]) from None
+    if penalty == Zero():
+        raise argparse.ArgumentTypeError("'none' has no strength to sweep")
+    return penalty
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="train once per strength and pick lambda on the validation split",
+        description="The regularization path: train once per strength in --lams, plot validation "
+        "and test metrics, weight norm and sparsity against lambda, and report the strength the "
+        "validation split picks with its test score.",
+    )
+    g = p.add_argument_group("regularizer")
+    g.add_argument(
+        "--reg",
+        type=unit_penalty,
+        default=unit_penalty("l2"),
+        metavar="SPEC",
+        help="a bare name (l2, l1, elastic_net: every strength = lambda) or a spec whose "
+        "strengths lambda multiplies, e.g. 'elastic_net(l1=1, l2=4)' (default l2)",
+    )
+    g.add_argument(
+        "--lams",
+        type=lam_grid,
+        default=lam_grid("1e-6:1e-1:11"),
+        metavar="GRID",
+        help="START:STOP:NUM log grid or a list 0,1e-4,1e-3 (default 1e-6:1e-1:11)",
+    )
+    common.add_mode_flag(g)
+    g.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="start each strength from the previous one's weights (largest lambda first)",
+    )
+    common.add_data_flags(p)
+    common.add_model_flags(p)
+    common.add_training_flags(p)
+    common.add_output_flags(p)
+    p.set_defaults(handler=main)
+
+
+def choose(summary: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    """The row the validation split prefers: best metric, then lower validation loss."""
+    if task == "classification":
+        return max(summary, key=lambda r: (r["val_metric"], -r["val_loss"]))
+    return min(summary, key=lambda r: (r["val_metric"], r["val_loss"]))
+
+
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    data = common.load_data(args)
+    config = common.train_config(args)
+    lams = sorted(args.lams, reverse=True) if args.warm_start else list(args.lams)
+    entrants = [Contender(f"{lam:.3g}", lam * args.reg, args.mode) for lam in lams]
+    common.check_setup(parser, data, config, entrants[:1])
+    out = common.output_dir(args, "sweep")
+    seed_list = common.seeds(args)
+    common.echo(common.describe_run(data, config, seed_list))
+    common.echo(
+        f"  sweeping {args.reg!r} x lambda over {len(lams)} strengths, {args.mode} mode"
+        + (", warm-started" if args.warm_start else "")
+    )
+
+    results: list[RunResult] = []
+    interrupted = False
+    previous: dict[int, Any] = {}
+    try:
+        for c in entrants:
+            for seed in seed_list:
+                result = run(
+                    data,
+                    c,
+                    config,
+                    seed,
+                    progress=not args.quiet,
+                    init_state=previous.get(seed),
+                    keep_model=args.warm_start,
+                )
+                if args.warm_start:
+                    previous[seed] = clone_state(result.model)
+                    result.model = None
+                results.append(result)
+                common.finished(args, result)
+    except KeyboardInterrupt:
+        interrupted = True
+        common.echo(f"\ninterrupted: keeping the {len(results)} finished run(s)", file=sys.stderr)
+    if not results:
+        return 130
+
+    summary = summarize(results, [c.label for c in entrants])
+    for row in summary:
+        row["lam"] = lams[[c.label for c in entrants].index(row["contender"])]
+    summary.sort(key=lambda r: r["lam"])
+    best = choose(summary, data.task)
+    fmt = ".2%" if data.task == "classification" else ".4g"
+    val_name = metric_name(data.task).replace("test", "validation")
+    common.echo()
+    common.echo(
+        format_table(summary, data.task, extra=[(val_name, "val_metric", fmt)], first="lambda")
+    )
+    common.echo(
+        f"\nchosen on the validation split: lambda = {best['lam']:.4g} "
+        f"({val_name} {format(best['val_metric'], fmt)}); "
+        f"its {metric_name(data.task)}: {format(best['test_metric'], fmt)}"
+    )
+    write_json(
+        out / "results.json",
+        {
+            "command": "sweep",
+            "argv": sys.argv[1:],
+            "flags": common.flags(args),
+            "versions": environment(),
+            "seeds": seed_list,
+            "data": common.data_summary(data),
+            "penalty": repr(args.reg),
+            "summary": summary,
+            "chosen": {
+                "lam": best["lam"],
+                "penalty": repr(best["lam"] * args.reg),
+                "val_metric": best["val_metric"],
+                "test_metric": best["test_metric"],
+            },
+            "runs": run_records(results),
+            "interrupted": interrupted,
+        },
+    )
+    write_history(out / "history.csv", results)
+    plots.plot_sweep(summary, data.task, best["lam"], out / "sweep.png")
+    common.echo(f"\nwrote {out}/: results.json, history.csv, sweep.png")
+    return 130 if interrupted else 0

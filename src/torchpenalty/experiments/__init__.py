@@ -1,0 +1,1 @@
+"""Experiments behind the command-line tool: data, models, training runs, results and figures."""

@@ -1,0 +1,128 @@
+"""Figures: learning curves per contender, weight histograms per layer, regularization paths."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from torchpenalty import select
+
+from .training import RunResult
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_curve(
+    results: Sequence[RunResult], label: str, field: str
+) -> tuple[np.ndarray, np.ndarray]:
+    runs = [r for r in results if r.contender == label]
+    values = np.array([[getattr(rec, field) for rec in r.history] for r in runs])
+    epochs = np.array([rec.epoch for rec in runs[0].history])
+    return epochs, values.mean(0)
+
+
+def _positive(values: np.ndarray) -> bool:
+    return bool(np.all(values > 0))
+
+
+def plot_curves(results: Sequence[RunResult], labels: Sequence[str], task: str, path: Path) -> None:
+    """Train / test loss and test accuracy (or weight norm) per epoch, mean over seeds."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    # for regression the test metric is the test loss (MSE): show the weight norm instead
+    third = (
+        ("test_metric", "test accuracy")
+        if task == "classification"
+        else ("weight_norm", "weight L2 norm")
+    )
+    panels = [
+        (axes[0], "train_loss", "train data loss"),
+        (axes[1], "test_loss", "test loss"),
+        (axes[2], *third),
+    ]
+    for ax, field, title in panels:
+        log = True
+        for label in labels:
+            epochs, values = _mean_curve(results, label, field)
+            ax.plot(epochs, values, label=label, marker="." if len(epochs) < 30 else None)
+            log = log and _positive(values) and field != "test_metric"
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_weight_histograms(models: Mapping[str, nn.Module], path: Path) -> None:
+    """One panel per weight tensor (the default selection), one histogram per contender."""
+    plt = _pyplot()
+    first = next(iter(models.values()))
+    names = [n for n, _ in select(first)]
+    cols = min(len(names), 3)
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        values = {
+            label: dict(select(m))[name].detach().cpu().double().numpy().ravel()
+            for label, m in models.items()
+        }
+        span = max(float(np.abs(v).max()) for v in values.values()) or 1.0
+        bins = np.linspace(-span, span, 61)
+        for label, v in values.items():
+            zeros = float((v == 0).mean())
+            ax.hist(v, bins=bins, histtype="step", label=f"{label} ({zeros:.0%} zeros)")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], task: str, chosen: float, path: Path) -> None:
+    """Validation / test metric, weight norm and sparsity against lambda (log axis)."""
+    plt = _pyplot()
+    lams = np.array([r["lam"] for r in rows])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    metric = "accuracy" if task == "classification" else "MSE"
+    axes[0].plot(lams, [r["val_metric"] for r in rows], marker="o", label=f"validation {metric}")
+    axes[0].plot(lams, [r["test_metric"] for r in rows], marker="s", label=f"test {metric}")
+    axes[0].axvline(
+        chosen, color="gray", linestyle="--", label=f"chosen on validation: {chosen:.3g}"
+    )
+    axes[0].legend(fontsize=8)
+    if task == "regression":
+        axes[0].set_yscale("log")
+    axes[1].plot(lams, [r["weight_norm"] for r in rows], marker="o")
+    axes[1].set_title("weight L2 norm")
+    axes[2].plot(lams, [r["zero_fraction"] for r in rows], marker="o")
+    axes[2].set_title("fraction of exact-zero weights")
+    axes[2].set_ylim(-0.02, 1.02)
+    for ax in axes:
+        ax.set_xscale(
+            "log" if np.all(lams > 0) else "symlog",
+            **({} if np.all(lams > 0) else {"linthresh": 1e-8}),
+        )
+        ax.set_xlabel("lambda")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"{metric} against lambda")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

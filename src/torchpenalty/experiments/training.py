@@ -1,0 +1,247 @@
+"""One training run of one contender, built only on torchpenalty's public API.
+
+A contender is a regularizer (a penalty or per-layer mapping, applied in one of the four modes) or
+``torch.optim``'s own ``weight_decay``. Every contender of a comparison starts from the same
+initialisation and sees the same batches in the same order (both follow the seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchpenalty import L2, Penalty, Regularizer, Zero
+
+from . import models
+from .data import Dataset
+
+MODES = ("loss", "grad", "decoupled", "proximal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """What is compared: ``penalty`` applied in ``mode``, or the optimizer's ``weight_decay``."""
+
+    label: str
+    penalty: Penalty | Mapping[Any, Any] | None = None
+    mode: str = "loss"
+    weight_decay: float = 0.0
+
+    def describe(self) -> str:
+        if self.weight_decay:
+            return f"torch.optim weight_decay={self.weight_decay:g} (all parameters)"
+        if self.penalty is None or self.penalty == Zero():
+            return "no regularization"
+        return f"{self.penalty!r} in {self.mode} mode"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (200, 100)
+    activation: str = "relu"
+    dropout: float = 0.0
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float | None = None
+    epochs: int = 20
+    batch_size: int = 64
+    device: str = "cpu"
+    init_std: float | None = None  # weights ~ N(0, init_std^2), biases 0 (d2l.ai); None: torch's
+
+
+@dataclasses.dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float  # data loss on the whole training split, eval mode
+    penalty: float  # the contender's penalty value (loss units)
+    val_loss: float
+    val_metric: float
+    test_loss: float
+    test_metric: float
+    weight_norm: float  # L2 norm over the model's weights (torchpenalty.select's default)
+    zero_fraction: float  # exact zeros among those weights
+
+
+@dataclasses.dataclass
+class RunResult:
+    contender: str
+    seed: int
+    history: list[EpochRecord]
+    wall_time: float
+    model: nn.Module | None = None
+
+    @property
+    def final(self) -> EpochRecord:
+        return self.history[-1]
+
+
+def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
+    """Every optimizer in ``torch.optim``, by lower-case name (sgd, adam, adamw, rmsprop, ...)."""
+    return {
+        name.lower(): cls
+        for name, cls in vars(torch.optim).items()
+        if isinstance(cls, type)
+        and issubclass(cls, torch.optim.Optimizer)
+        and cls is not torch.optim.Optimizer
+    }
+
+
+def make_optimizer(
+    name: str, params, *, lr: float, momentum: float | None, weight_decay: float
+) -> torch.optim.Optimizer:
+    classes = optimizer_classes()
+    if name.lower() not in classes:
+        raise ValueError(f"optimizer must be one of {', '.join(sorted(classes))}, got {name!r}")
+    cls = classes[name.lower()]
+    accepted = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {"lr": lr}
+    if "weight_decay" in accepted:
+        kwargs["weight_decay"] = weight_decay  # explicit: AdamW's default 0.01 is not "none"
+    elif weight_decay:
+        raise ValueError(f"optimizer {cls.__name__} has no weight_decay")
+    if momentum is not None:
+        if "momentum" not in accepted:
+            raise ValueError(f"optimizer {cls.__name__} has no momentum; drop --momentum")
+        kwargs["momentum"] = momentum
+    return cls(params, **kwargs)
+
+
+def loss_function(data: Dataset) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if data.task == "classification":
+        return nn.functional.cross_entropy
+    return lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Dataset) -> torch.Tensor:
+    """``[mean loss, metric]`` as one tensor (no sync): accuracy, or MSE for regression."""
+    model.eval()
+    loss_fn = loss_function(data)
+    total_loss = torch.zeros((), device=x.device)
+    total_metric = torch.zeros((), device=x.device)
+    for start in range(0, len(x), 4096):
+        xb, yb = x[start : start + 4096], y[start : start + 4096]
+        out = model(xb)
+        total_loss += loss_fn(out, yb) * len(xb)
+        if data.task == "classification":
+            total_metric += (out.argmax(1) == yb).sum()
+        else:
+            total_metric += ((out.squeeze(-1) - yb) ** 2).sum()
+    model.train()
+    return torch.stack([total_loss, total_metric]) / max(len(x), 1)
+
+
+def build_model(data: Dataset, config: TrainConfig, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = models.build(
+        config.model,
+        data,
+        hidden=config.hidden,
+        activation=config.activation,
+        dropout=config.dropout,
+    )
+    if config.init_std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, config.init_std) if p.ndim >= 2 else p.zero_()
+    return model.to(config.device)
+
+
+def run(
+    data: Dataset,
+    contender: Contender,
+    config: TrainConfig,
+    seed: int,
+    *,
+    progress: bool = True,
+    init_state: Mapping[str, torch.Tensor] | None = None,
+    keep_model: bool = False,
+) -> RunResult:
+    """Train one model; returns its per-epoch history (figures synced once per epoch)."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(config.device)
+    model = build_model(data, config, seed)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    splits = [
+        (data.x_val.to(device), data.y_val.to(device)),
+        (data.x_test.to(device), data.y_test.to(device)),
+    ]
+
+    opt = make_optimizer(
+        config.optimizer,
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=contender.weight_decay,
+    )
+    reg = None
+    if contender.penalty is not None and contender.penalty != Zero():
+        reg = Regularizer(model, contender.penalty)
+        if contender.mode != "loss":
+            reg.attach(opt, mode=contender.mode)
+    # Figures every contender reports alike: the optimizer's own decay is L2 on all parameters.
+    shown = reg or Regularizer(model, L2(contender.weight_decay), among="all")
+    weights = Regularizer(model, Zero())  # norms and zeros of "the weights", for every contender
+
+    loss_fn = loss_function(data)
+    shuffle = torch.Generator().manual_seed(seed)
+    history: list[EpochRecord] = []
+    start = time.perf_counter()
+    bar = tqdm(
+        range(1, config.epochs + 1),
+        desc=contender.label,
+        unit="epoch",
+        disable=not progress,
+        leave=True,
+        dynamic_ncols=True,
+    )
+    for epoch in bar:
+        order = torch.randperm(len(x_train), generator=shuffle).to(device)
+        for i in range(0, len(order), config.batch_size):
+            idx = order[i : i + config.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x_train[idx]), y_train[idx])
+            if reg is not None and contender.mode == "loss":
+                loss = loss + reg()
+            loss.backward()
+            opt.step()
+        figures = torch.cat(
+            [
+                evaluate(model, x_train, y_train, data)[:1],
+                shown.value().reshape(1).to(device, torch.float32),
+                evaluate(model, *splits[0], data),
+                evaluate(model, *splits[1], data),
+            ]
+        ).tolist()  # the epoch's one sync
+        report = weights.report()
+        norm = math.sqrt(sum(r.l2_norm**2 for r in report))
+        history.append(EpochRecord(epoch, *figures, norm, report.zero_fraction))
+        metric = "acc" if data.task == "classification" else "mse"
+        bar.set_postfix(
+            loss=f"{figures[0]:.4g}",
+            penalty=f"{figures[1]:.3g}",
+            **{f"val_{metric}": f"{figures[3]:.4g}"},
+        )
+    bar.close()
+    return RunResult(
+        contender.label,
+        seed,
+        history,
+        time.perf_counter() - start,
+        model=model if keep_model else None,
+    )
+
+
+def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
