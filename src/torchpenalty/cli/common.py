@@ -11,18 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 import torchpenalty
 from torchpenalty import Regularizer
 from torchpenalty.experiments import data as datasets
 from torchpenalty.experiments.models import ACTIVATIONS, MODELS, build
+from torchpenalty.experiments.results import environment
 from torchpenalty.experiments.training import (
     MODES,
     Contender,
     RunResult,
     TrainConfig,
+    clone_state,
     make_optimizer,
     optimizer_classes,
+    run,
 )
 
 DEFAULT_MOMENTUM = 0.9
@@ -293,6 +297,58 @@ def data_summary(data: datasets.Dataset) -> dict[str, Any]:
 
 def echo(*parts: object, file=None) -> None:
     print(*parts, file=file or sys.stdout, flush=True)
+
+
+def train_all(
+    args: argparse.Namespace,
+    data: datasets.Dataset,
+    config: TrainConfig,
+    contenders: Sequence[Contender],
+    seed_list: Sequence[int],
+    *,
+    warm_start: bool = False,
+) -> tuple[list[RunResult], dict[str, nn.Module], bool]:
+    """Every contender with every seed, in order. Returns the finished runs, each contender's
+    model from its first seed, and whether Ctrl-C stopped it (the finished runs are kept).
+    With ``warm_start`` each run starts from the previous contender's weights (same seed)."""
+    results: list[RunResult] = []
+    first_models: dict[str, nn.Module] = {}
+    previous: dict[int, dict] = {}
+    try:
+        for c in contenders:
+            for seed in seed_list:
+                result = run(
+                    data,
+                    c,
+                    config,
+                    seed,
+                    progress=not args.quiet,
+                    init_state=previous.get(seed),
+                    keep_model=True,
+                )
+                if warm_start:
+                    previous[seed] = clone_state(result.model)
+                if seed == seed_list[0]:
+                    first_models[c.label] = result.model
+                result.model = None
+                results.append(result)
+                finished(args, result)
+    except KeyboardInterrupt:
+        echo(f"\ninterrupted: keeping the {len(results)} finished run(s)", file=sys.stderr)
+        return results, first_models, True
+    return results, first_models, False
+
+
+def header(command: str, args: argparse.Namespace, data: datasets.Dataset, seed_list) -> dict:
+    """What every results.json starts with: how to reproduce it."""
+    return {
+        "command": command,
+        "argv": sys.argv[1:],
+        "flags": flags(args),
+        "versions": environment(),
+        "seeds": list(seed_list),
+        "data": data_summary(data),
+    }
 
 
 def finished(args: argparse.Namespace, result: RunResult) -> None:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
 
 from torchpenalty import parse
 from torchpenalty.experiments import plots
 from torchpenalty.experiments.results import (
-    environment,
     format_table,
     run_records,
     summarize,
     write_history,
     write_json,
 )
-from torchpenalty.experiments.training import Contender, RunResult, run
+from torchpenalty.experiments.training import Contender
 
 from . import common
 
@@ -130,22 +127,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for c in entrants:
         common.echo(f"  {c.label}: {c.describe()}")
 
-    results: list[RunResult] = []
-    final_models: dict[str, Any] = {}
-    interrupted = False
-    try:
-        for c in entrants:
-            for seed in seed_list:
-                result = run(
-                    data, c, config, seed, progress=not args.quiet, keep_model=seed == seed_list[0]
-                )
-                results.append(result)
-                common.finished(args, result)
-                if result.model is not None:
-                    final_models[c.label] = result.model
-    except KeyboardInterrupt:
-        interrupted = True
-        common.echo(f"\ninterrupted: keeping the {len(results)} finished run(s)", file=sys.stderr)
+    results, final_models, interrupted = common.train_all(args, data, config, entrants, seed_list)
     if not results:
         return 130
 
@@ -154,12 +136,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     common.echo()
     common.echo(format_table(summary, data.task))
     payload = {
-        "command": "compare",
-        "argv": sys.argv[1:],
-        "flags": common.flags(args),
-        "versions": environment(),
-        "seeds": seed_list,
-        "data": common.data_summary(data),
+        **common.header("compare", args, data, seed_list),
         "contenders": [
             {
                 "label": c.label,

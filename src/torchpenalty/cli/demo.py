@@ -16,7 +16,6 @@ from torchpenalty import L2
 from torchpenalty.experiments import data as datasets
 from torchpenalty.experiments import plots
 from torchpenalty.experiments.results import (
-    environment,
     format_table,
     run_records,
     summarize,
@@ -79,12 +78,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     write_json(
         out / "results.json",
         {
-            "command": "demo weight-decay",
-            "argv": sys.argv[1:],
-            "flags": common.flags(args),
-            "versions": environment(),
-            "seeds": [args.seed],
-            "data": common.data_summary(data),
+            **common.header("demo weight-decay", args, data, [args.seed]),
             "summary": summary,
             "runs": run_records(results),
             "checks": checks,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,6 @@ import numpy as np
 from torchpenalty import Penalty, Zero, parse
 from torchpenalty.experiments import plots
 from torchpenalty.experiments.results import (
-    environment,
     format_table,
     metric_name,
     run_records,
@@ -23,7 +21,7 @@ from torchpenalty.experiments.results import (
     write_history,
     write_json,
 )
-from torchpenalty.experiments.training import Contender, RunResult, clone_state, run
+from torchpenalty.experiments.training import Contender
 from torchpenalty.penalties import lookup
 
 from . import common
@@ -123,29 +121,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         + (", warm-started" if args.warm_start else "")
     )
 
-    results: list[RunResult] = []
-    interrupted = False
-    previous: dict[int, Any] = {}
-    try:
-        for c in entrants:
-            for seed in seed_list:
-                result = run(
-                    data,
-                    c,
-                    config,
-                    seed,
-                    progress=not args.quiet,
-                    init_state=previous.get(seed),
-                    keep_model=args.warm_start,
-                )
-                if args.warm_start:
-                    previous[seed] = clone_state(result.model)
-                    result.model = None
-                results.append(result)
-                common.finished(args, result)
-    except KeyboardInterrupt:
-        interrupted = True
-        common.echo(f"\ninterrupted: keeping the {len(results)} finished run(s)", file=sys.stderr)
+    results, _, interrupted = common.train_all(
+        args, data, config, entrants, seed_list, warm_start=args.warm_start
+    )
     if not results:
         return 130
 
@@ -168,12 +146,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     write_json(
         out / "results.json",
         {
-            "command": "sweep",
-            "argv": sys.argv[1:],
-            "flags": common.flags(args),
-            "versions": environment(),
-            "seeds": seed_list,
-            "data": common.data_summary(data),
+            **common.header("sweep", args, data, seed_list),
             "penalty": repr(args.reg),
             "summary": summary,
             "chosen": {
