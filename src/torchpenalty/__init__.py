@@ -6,7 +6,7 @@ loss = criterion(model(x), y) + reg()                 # or reg.attach(opt, mode=
 
 from .attach import AttachHandle
 from .param_groups import param_groups
-from .penalties import L1, L2, ElasticNet, Penalty, Sum, Zero, parse
+from .penalties import L1, L2, ElasticNet, GroupLasso, Penalty, SparseGroupLasso, Sum, Zero, parse
 from .regularizer import Regularizer
 from .reporting import ParameterReport, Report
 from .selection import Selection, select
@@ -18,11 +18,13 @@ __all__ = [
     "L2",
     "AttachHandle",
     "ElasticNet",
+    "GroupLasso",
     "ParameterReport",
     "Penalty",
     "Regularizer",
     "Report",
     "Selection",
+    "SparseGroupLasso",
     "Sum",
     "Zero",
     "__version__",

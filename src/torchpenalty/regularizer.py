@@ -130,6 +130,8 @@ class Regularizer:
         selected, self.frozen = select_entries(model, include, exclude, among=among)
         assigned = _assign(selected, penalty, model)
         kept = [(e, p) for e, p in zip(selected, assigned, strict=True) if p is not None]
+        for e, p in kept:
+            p.check_tensor(e.name, e.param)
         self._names = [e.name for e, _ in kept]
         self._params = [e.param for e, _ in kept]
         self._set_penalties([p for _, p in kept])

@@ -3,6 +3,7 @@
 from .base import Penalty, known_names, lookup
 from .composite import Sum, combine
 from .elementwise import L1, L2, ElasticNet, Elementwise, Zero, soft_threshold
+from .group import GroupLasso, SparseGroupLasso
 from .spec import parse
 
 __all__ = [
@@ -10,7 +11,9 @@ __all__ = [
     "L2",
     "ElasticNet",
     "Elementwise",
+    "GroupLasso",
     "Penalty",
+    "SparseGroupLasso",
     "Sum",
     "Zero",
     "combine",

@@ -43,6 +43,8 @@ class Penalty(ABC):
     keyword_aliases: ClassVar[Mapping[str, str]] = {}
     #: whether spec strings may name it (a `Sum` is written with '+', not by name)
     in_specs: ClassVar[bool] = True
+    #: arguments that take one of a few words instead of a number, e.g. ``groups=rows``
+    choices: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -107,8 +109,16 @@ class Penalty(ABC):
         """Raise `ValueError` if `prox` has no closed form (checked when proximal mode attaches)."""
         return None
 
+    def check_tensor(self, name: str, w: Tensor) -> None:
+        """Raise `ValueError` if the penalty cannot apply to ``w`` (e.g. ``cols`` of a vector)."""
+        return None
+
+    def group_stats(self, w: Tensor) -> tuple[Tensor, int] | None:
+        """``(number of all-zero groups, number of groups)`` for group penalties, else None."""
+        return None
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        args = ", ".join(f"{k}={_spec_value(v)}" for k, v in self.params().items())
         return f"{self.name}({args})"
 
     # -- algebra -----------------------------------------------------------------------------
@@ -154,6 +164,15 @@ class Penalty(ABC):
         """``w_i = prox(w_i, step)``."""
         for w in ws:
             w.copy_(self.prox(w, step))
+
+
+def _spec_value(value: object) -> str:
+    """How an argument reads in a spec string: numbers by repr, words bare, callables by name."""
+    if isinstance(value, str):
+        return value
+    if callable(value):
+        return getattr(value, "__qualname__", type(value).__name__)
+    return repr(value)
 
 
 def lookup(name: str) -> type[Penalty]:

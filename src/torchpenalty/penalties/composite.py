@@ -21,6 +21,7 @@ from torch import Tensor
 from .._checks import ArrayLike
 from .base import Penalty, Scalar, check_input
 from .elementwise import L1, L2, ElasticNet, Elementwise, Zero
+from .group import GroupLasso, SparseGroupLasso
 
 
 def _elementwise(l1: float, l2: float) -> Penalty:
@@ -44,13 +45,44 @@ def _merge_elementwise(terms: Sequence[Elementwise]) -> Penalty:
     return ElasticNet(l1, l2)
 
 
+def _merge_groups(terms: Sequence[Penalty], l1: float) -> tuple[list[Penalty], float]:
+    """Add up group penalties with the same groups and scale; fold ``l1`` into the group penalty
+    when there is exactly one (``L1 + GroupLasso`` is ``SparseGroupLasso``). Returns the merged
+    terms and the ``l1`` left over."""
+    merged: dict[tuple, list[float]] = {}
+    for t in terms:
+        key = (t.groups, t.scale)
+        l1_sum, group_sum = merged.get(key, [0.0, 0.0])
+        merged[key] = [l1_sum + t._l1, group_sum + t._group]
+    if len(merged) == 1 and l1:
+        (key,) = merged
+        merged[key][0] += l1
+        l1 = 0.0
+    out: list[Penalty] = []
+    for (groups, scale), (l1_sum, group_sum) in merged.items():
+        if l1_sum:
+            out.append(SparseGroupLasso(l1_sum, group_sum, groups, scale))
+        else:
+            out.append(GroupLasso(group_sum, groups, scale))
+    return out, l1
+
+
 def combine(*penalties: Penalty) -> Penalty:
     """The canonical sum of ``penalties`` (what ``a + b`` returns)."""
     flat: list[Penalty] = []
     for p in penalties:
         flat.extend(p.terms if isinstance(p, Sum) else (p,))
     elementwise = [p for p in flat if isinstance(p, Elementwise)]
-    others = [p for p in flat if not isinstance(p, Elementwise | Zero)]
+    grouped = [p for p in flat if isinstance(p, GroupLasso | SparseGroupLasso)]
+    others = [
+        p for p in flat if not isinstance(p, Elementwise | Zero | GroupLasso | SparseGroupLasso)
+    ]
+    if grouped:
+        l1 = sum(t.l1_coef for t in elementwise)
+        l2 = sum(t.l2_coef for t in elementwise)
+        group_terms, l1 = _merge_groups(grouped, l1)
+        elementwise = [_elementwise(l1, l2)] if (l1 or l2) else []
+        others = group_terms + others
     terms = ([_merge_elementwise(elementwise)] if elementwise else []) + others
     if not terms:
         return Zero()
@@ -94,6 +126,13 @@ class Sum(Penalty):
 
     def check_prox(self) -> None:
         self._split_quadratic()
+
+    def check_tensor(self, name: str, w: Tensor) -> None:
+        for t in self.terms:
+            t.check_tensor(name, w)
+
+    def group_stats(self, w: Tensor) -> tuple[Tensor, int] | None:
+        return next((s for t in self.terms if (s := t.group_stats(w)) is not None), None)
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
         step = check_input(w, step)

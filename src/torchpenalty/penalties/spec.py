@@ -5,11 +5,12 @@ Grammar (case-insensitive, whitespace-tolerant)::
     spec     := term ("+" term)*
     term     := NAME [ "(" [ args ] ")" ]
     args     := arg ("," arg)* [","]
-    arg      := NUMBER | NAME "=" NUMBER        (positional arguments come first)
+    arg      := NUMBER | NAME "=" (NUMBER | WORD)  (positional arguments come first)
     NUMBER   := ["+"|"-"] digits ["." digits] [("e"|"E") ["+"|"-"] digits]
 
 A bare name (``"l2"``, Keras' ``"l1_l2"``) takes the default strengths (0.01 each); ``"none"`` is
-no penalty. NaN, infinities, negative strengths and repeated arguments are errors.
+no penalty. Strengths are plain numbers: NaN, infinities, negatives and repeated arguments are
+errors. A few arguments take a word from a fixed list, e.g. ``group_lasso(1e-3, groups=cols)``.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class _Parser:
             self.i += 2
             if tok.text.lower() in keywords:
                 raise self.error(f"argument {tok.text!r} given twice", tok.pos)
-            keywords[tok.text.lower()] = (self.number(), tok.pos)
+            keywords[tok.text.lower()] = (self.value(), tok.pos)
         elif tok.kind == "number":
             if keywords:
                 raise self.error("positional argument after keyword argument", tok.pos)
@@ -121,6 +122,12 @@ class _Parser:
             raise self.error(
                 "expected a number or name=number (arguments are plain numbers)", tok.pos
             )
+
+    def value(self) -> float | str:
+        """A keyword's value: a number, or a word (checked against the penalty's choices later)."""
+        if self.peek.kind == "name":
+            return self.take("name").text.lower()
+        return self.number()
 
     def number(self) -> float:
         tok = self.take("number", what="a number (plain numbers only: no nan, inf or names)")
@@ -131,16 +138,18 @@ class _Parser:
         cls: type[Penalty],
         name_tok: _Token,
         positional: list[tuple[float, int]],
-        keywords: dict[str, tuple[float, int]],
+        keywords: dict[str, tuple[float | str, int]],
     ) -> Penalty:
         fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        if len(positional) > len(fields):
+        strengths = [f for f in fields if f not in cls.choices]
+        if len(positional) > len(strengths):
             raise self.error(
-                f"{cls.name} takes at most {len(fields)} argument(s) ({', '.join(fields)})",
-                positional[len(fields)][1],
+                f"{cls.name} takes at most {len(strengths)} positional argument(s) "
+                f"({', '.join(strengths)})",
+                positional[len(strengths)][1],
             )
         args: dict[str, Any] = {}
-        for field, (value, _) in zip(fields, positional, strict=False):
+        for field, (value, _) in zip(strengths, positional, strict=False):
             args[field] = value
         for key, (value, pos) in keywords.items():
             field = cls.keyword_aliases.get(key, key)
@@ -150,11 +159,20 @@ class _Parser:
                 )
             if field in args:
                 raise self.error(f"argument {field!r} of {cls.name} given twice", pos)
+            if field in cls.choices and value not in cls.choices[field]:
+                raise self.error(
+                    f"{field} must be one of {', '.join(cls.choices[field])}, got {value!r}", pos
+                )
+            if field not in cls.choices and isinstance(value, str):
+                raise self.error(
+                    f"{field} takes a plain number (no nan, inf or names), got {value!r}", pos
+                )
             args[field] = value
-        if args and len(args) < len(fields):
-            missing = [f for f in fields if f not in args]
+        given = [f for f in strengths if f in args]
+        if given and len(given) < len(strengths):
+            missing = [f for f in strengths if f not in args]
             raise self.error(
-                f"{cls.name} needs all of its arguments ({', '.join(fields)}) or none "
+                f"{cls.name} needs all of its strengths ({', '.join(strengths)}) or none "
                 f"(defaults); missing {', '.join(missing)}",
                 name_tok.pos,
             )
