@@ -5,6 +5,7 @@ loss = criterion(model(x), y) + reg()                 # or reg.attach(opt, mode=
 """
 
 from .attach import AttachHandle
+from .compaction import compact
 from .param_groups import param_groups
 from .penalties import L1, L2, ElasticNet, GroupLasso, Penalty, SparseGroupLasso, Sum, Zero, parse
 from .regularizer import Regularizer
@@ -28,6 +29,7 @@ __all__ = [
     "Sum",
     "Zero",
     "__version__",
+    "compact",
     "param_groups",
     "parse",
     "select",

@@ -1,0 +1,200 @@
+"""`compact`: a smaller dense model without the dead units and filters that sparsity left behind.
+
+After group-sparse training some output units (Linear rows, Conv filters) are *dead*: their
+incoming weights are all zero, so they output a constant; others are *unused*: every layer that
+consumes them has all-zero weights for them. `compact` removes both kinds, with the inputs of the
+layers that consume them, using Torch-Pruning's dependency graph for the surgery (batch-norm,
+flatten, residual and concatenation couplings included). A dead unit's constant output is folded
+into the consumers' biases where that is exact (Linear consumers, convolutions without padding).
+
+Every layer's removal is verified on ``example_inputs`` and undone if the outputs move by more
+than ``atol``: the compacted model computes the same function, or the unit stays.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .selection import unwrap
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _torch_pruning() -> Any:
+    try:
+        import torch_pruning
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "compact() needs Torch-Pruning: pip install 'torchpenalty[prune]' (or torch-pruning)"
+        ) from None
+    return torch_pruning
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output units / filters of every Linear and Conv layer, by name."""
+    return {
+        name: m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        for name, m in unwrap(model).named_modules()
+        if isinstance(m, PRUNABLE)
+    }
+
+
+def _outputs(model: nn.Module, inputs: tuple) -> list[Tensor]:
+    with torch.no_grad():
+        out = model(*inputs)
+    return [t for t in (out if isinstance(out, tuple | list) else (out,)) if isinstance(t, Tensor)]
+
+
+def _same(a: list[Tensor], b: list[Tensor], atol: float) -> bool:
+    return len(a) == len(b) and all(
+        x.shape == y.shape and bool((x - y).abs().max() <= atol)
+        if x.numel()
+        else x.shape == y.shape
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def _consumer_inputs(model: nn.Module, consumers: Sequence[nn.Module], inputs: tuple) -> dict:
+    """The input each consumer layer sees on the example inputs (one forward pass)."""
+    seen: dict[int, Tensor] = {}
+
+    def record(module: nn.Module, args: tuple, output: Tensor) -> None:  # None: output unchanged
+        seen.setdefault(id(module), args[0].detach())
+
+    hooks = [c.register_forward_hook(record) for c in consumers]
+    try:
+        _outputs(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _channel_slices(group: Any, n_channels: int, in_handlers: set[str]) -> list[tuple]:
+    """For each consumer in ``group`` (built over all channels): the consumer, and for channel
+    ``j`` the block of its input indices ``block[j]`` (flatten expands one channel to k inputs)."""
+    out = []
+    for dep, idxs in group:
+        module = dep.target.module
+        if getattr(dep.handler, "__name__", "") not in in_handlers or not isinstance(
+            module, PRUNABLE
+        ):
+            continue
+        idxs = list(idxs)
+        k = len(idxs) // n_channels
+        if k * n_channels != len(idxs):
+            return []  # an index mapping we do not understand: find no candidates here
+        out.append((module, [idxs[j * k : (j + 1) * k] for j in range(n_channels)]))
+    return out
+
+
+def _in_weight(consumer: nn.Module, index: list[int]) -> Tensor:
+    """The consumer's weights for the given inputs (Linear columns, Conv input channels)."""
+    return consumer.weight[:, index]
+
+
+def _fold_constant(consumer: nn.Module, index: list[int], value: Tensor) -> bool:
+    """Add the consumer's response to a constant input block to its bias, if that is exact."""
+    if isinstance(consumer, nn.Linear):
+        delta = consumer.weight[:, index] @ value.reshape(len(index))
+    elif all(p == 0 for p in consumer.padding) and consumer.groups == 1:
+        w = consumer.weight[:, index]  # (out, k, *kernel): a constant channel sums the kernel
+        delta = (w.flatten(2).sum(-1) * value.reshape(1, len(index))).sum(1)
+    else:
+        return False  # zero padding makes a constant channel non-constant at the borders
+    if consumer.bias is None:
+        consumer.bias = nn.Parameter(torch.zeros_like(delta))
+    consumer.bias.data += delta
+    return True
+
+
+def _constant(block: Tensor) -> Tensor | None:
+    """Per input index, the value if it is the same for every sample and position, else None."""
+    flat = block.transpose(0, 1).reshape(block.shape[1], -1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    tolerance = 1e-7 * (1 + hi.abs())
+    return lo if bool(((hi - lo) <= tolerance).all()) else None
+
+
+def _prune_layer(tp: Any, model: nn.Module, graph: Any, layer: nn.Module, inputs: tuple) -> bool:
+    """Remove the dead and unused units of ``layer``; True if anything was removed."""
+    linear = isinstance(layer, nn.Linear)
+    if not linear and layer.groups != 1:
+        return False
+    n = layer.out_features if linear else layer.out_channels
+    out_fn = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
+    full = graph.get_pruning_group(layer, out_fn, idxs=list(range(n)))
+    consumers = _channel_slices(full, n, {"prune_in_channels"})
+    with torch.no_grad():
+        dead = (layer.weight.reshape(n, -1) == 0).all(dim=1)
+        unused = torch.ones(n, dtype=torch.bool, device=dead.device) if consumers else dead & False
+        for consumer, blocks in consumers:
+            for j, block in enumerate(blocks):
+                if unused[j] and bool(_in_weight(consumer, block).any()):
+                    unused[j] = False
+    candidates = [j for j in range(n) if bool(dead[j]) or bool(unused[j])]
+    if not candidates:
+        return False
+    if len(candidates) == n:
+        candidates = candidates[1:]  # keep one unit: layers of width 0 break shapes downstream
+    seen = _consumer_inputs(model, [c for c, _ in consumers], inputs)
+    with torch.no_grad():
+        for j in list(candidates):
+            if unused[j]:
+                continue
+            for consumer, blocks in consumers:
+                values = _constant(seen[id(consumer)][:, blocks[j]])
+                if values is None or (
+                    bool(values.any()) and not _fold_constant(consumer, blocks[j], values)
+                ):
+                    candidates.remove(j)
+                    break
+    if not candidates:
+        return False
+    group = graph.get_pruning_group(layer, out_fn, idxs=candidates)
+    if not graph.check_pruning_group(group):
+        return False
+    group.prune()
+    return True
+
+
+def compact(
+    model: nn.Module, example_inputs: Tensor | Sequence[Tensor], *, atol: float = 1e-5
+) -> nn.Module:
+    """A smaller copy of ``model`` (eval mode) without its dead and unused units and filters.
+
+    ``example_inputs`` (a tensor or a tuple of them) trace the model and verify the result:
+    the compacted model's outputs differ by at most ``atol`` from the original's on them. The
+    original model is not modified.
+    """
+    tp = _torch_pruning()
+    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+    working = copy.deepcopy(unwrap(model)).eval()
+    reference = _outputs(working, inputs)
+    graph = tp.DependencyGraph().build_dependency(working, example_inputs=inputs)
+    names = [name for name, m in working.named_modules() if isinstance(m, PRUNABLE)]
+    for name in names:
+        snapshot = copy.deepcopy(working)
+        try:
+            changed = _prune_layer(tp, working, graph, working.get_submodule(name), inputs)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            warnings.warn(f"compact: left layer {name!r} as it is ({exc})", stacklevel=2)
+            changed, ok = True, False  # undo whatever part of the surgery happened
+        else:
+            ok = not changed or _same(_outputs(working, inputs), reference, atol)
+        if changed and not ok:
+            working = snapshot
+            graph = tp.DependencyGraph().build_dependency(working, example_inputs=inputs)
+    if not _same(_outputs(working, inputs), reference, atol):
+        raise RuntimeError("compact() changed the model's outputs; please report this model")
+    return working
