@@ -181,6 +181,38 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_compact_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="after training, remove dead and unused units (torchpenalty.compact) and report the "
+        "compacted parameter count and the inference speed-up on the test set",
+    )
+
+
+COMPACT_COLUMNS = (
+    ("params", "params", "d"),
+    ("compact params", "compact_params", "d"),
+    ("units removed", "units_removed", "d"),
+    ("speed-up", "speedup", ".2f"),
+)
+
+
+def add_compaction(
+    summary: list[dict], models: dict[str, nn.Module], data: datasets.Dataset, device: str
+) -> tuple:
+    """Compact each contender's first-seed model; adds its figures to the summary rows and
+    returns the table columns that show them."""
+    from torchpenalty.experiments.inference import compaction_figures
+
+    x_test = data.x_test.to(device)
+    for row in summary:
+        model = models.get(row["contender"])
+        if model is not None:
+            row.update(compaction_figures(model, x_test))
+    return COMPACT_COLUMNS
+
+
 def add_mode_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode", choices=MODES, default="loss", help="how penalties are applied (default loss)"

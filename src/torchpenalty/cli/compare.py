@@ -58,6 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="per-layer rules, one more contender: a TOML file mapping parameter "
         'names or globs to specs, e.g. "0.weight" = "l1(1e-4)"; first match wins',
     )
+    common.add_compact_flag(g)
     common.add_data_flags(p)
     common.add_model_flags(p)
     common.add_training_flags(p)
@@ -134,7 +135,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     labels = [c.label for c in entrants]
     summary = summarize(results, labels)
     common.echo()
-    common.echo(format_table(summary, data.task))
+    extra = (
+        common.add_compaction(summary, final_models, data, config.device) if args.compact else ()
+    )
+    common.echo(format_table(summary, data.task, extra=extra))
     payload = {
         **common.header("compare", args, data, seed_list),
         "contenders": [

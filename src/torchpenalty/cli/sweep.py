@@ -6,7 +6,6 @@ The strength is chosen on the validation split, never on test; its test score is
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,6 @@ from torchpenalty.experiments.results import (
     write_json,
 )
 from torchpenalty.experiments.training import Contender
-from torchpenalty.penalties import lookup
 
 from . import common
 
@@ -49,13 +47,9 @@ def lam_grid(text: str) -> list[float]:
 
 
 def unit_penalty(text: str) -> Penalty:
-    """The penalty that ``lam`` multiplies: a bare name means strength 1 for each argument."""
+    """The penalty that lambda multiplies: strengths the spec leaves out are 1 (lambda itself)."""
     try:
-        if "(" not in text:
-            cls = lookup(text.strip())
-            penalty = cls(**{f.name: 1.0 for f in dataclasses.fields(cls)})
-        else:
-            penalty = parse(text)
+        penalty = parse(text, default_strength=1.0)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).splitlines()[0]) from None
     if penalty == Zero():
@@ -93,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start each strength from the previous one's weights (largest lambda first)",
     )
+    common.add_compact_flag(g)
     common.add_data_flags(p)
     common.add_model_flags(p)
     common.add_training_flags(p)
@@ -121,7 +116,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         + (", warm-started" if args.warm_start else "")
     )
 
-    results, _, interrupted = common.train_all(
+    results, first_models, interrupted = common.train_all(
         args, data, config, entrants, seed_list, warm_start=args.warm_start
     )
     if not results:
@@ -135,9 +130,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     fmt = ".2%" if data.task == "classification" else ".4g"
     val_name = metric_name(data.task).replace("test", "validation")
     common.echo()
-    common.echo(
-        format_table(summary, data.task, extra=[(val_name, "val_metric", fmt)], first="lambda")
-    )
+    extra = [(val_name, "val_metric", fmt)]
+    if args.compact:
+        extra += common.add_compaction(summary, first_models, data, config.device)
+    common.echo(format_table(summary, data.task, extra=extra, first="lambda"))
     common.echo(
         f"\nchosen on the validation split: lambda = {best['lam']:.4g} "
         f"({val_name} {format(best['val_metric'], fmt)}); "

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .training import EpochRecord, RunResult
 
@@ -22,11 +24,19 @@ FINAL_COLUMNS = (
     "test_metric",
     "weight_norm",
     "zero_fraction",
+    "zero_units",
+    "zero_groups",
 )
 
 
 def metric_name(task: str) -> str:
     return "test accuracy" if task == "classification" else "test MSE"
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); NaN stays NaN."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
 def summarize(results: Sequence[RunResult], labels: Sequence[str]) -> list[dict[str, Any]]:
@@ -38,21 +48,21 @@ def summarize(results: Sequence[RunResult], labels: Sequence[str]) -> list[dict[
             continue
         row: dict[str, Any] = {"contender": label, "seeds": [r.seed for r in runs]}
         for column in (*FINAL_COLUMNS, "val_loss", "val_metric"):
-            values = [getattr(r.final, column) for r in runs]
-            row[column] = statistics.fmean(values)
-            row[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        times = [r.wall_time for r in runs]
-        row["wall_time"] = statistics.fmean(times)
-        row["wall_time_std"] = statistics.stdev(times) if len(times) > 1 else 0.0
+            row[column], row[f"{column}_std"] = _mean_std([getattr(r.final, column) for r in runs])
+        row["wall_time"], row["wall_time_std"] = _mean_std([r.wall_time for r in runs])
         rows.append(row)
     return rows
 
 
 def _cell(row: dict[str, Any], key: str, fmt: str, with_std: bool) -> str:
+    if key not in row or (isinstance(row[key], float) and math.isnan(row[key])):
+        return "-"
     text = format(row[key], fmt)
     if not with_std:
         return text
-    spread = row[key + "_std"]
+    spread = row.get(key + "_std")
+    if spread is None:
+        return text
     return f"{text} ± {format(spread, '.2g' if fmt.endswith('g') else fmt)}"
 
 
@@ -73,6 +83,12 @@ def format_table(
         (metric_name(task), "test_metric", metric_fmt),  # for regression the loss is the MSE
         ("weight L2", "weight_norm", ".4g"),
         ("zeros", "zero_fraction", ".1%"),
+        ("zero units", "zero_units", ".4g"),
+        *(
+            [("zero groups", "zero_groups", ".4g")]
+            if any(not math.isnan(r["zero_groups"]) for r in summary)
+            else []
+        ),
         *extra,
         ("time (s)", "wall_time", ".1f"),
     ]

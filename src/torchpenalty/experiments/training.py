@@ -68,6 +68,8 @@ class EpochRecord:
     test_metric: float
     weight_norm: float  # L2 norm over the model's weights (torchpenalty.select's default)
     zero_fraction: float  # exact zeros among those weights
+    zero_units: int  # output units / filters of those weights whose incoming weights are all 0
+    zero_groups: float  # all-zero groups of the contender's group penalty (NaN: no groups)
 
 
 @dataclasses.dataclass
@@ -193,6 +195,9 @@ def run(
     # Figures every contender reports alike: the optimizer's own decay is L2 on all parameters.
     shown = reg or Regularizer(model, L2(contender.weight_decay), among="all")
     weights = Regularizer(model, Zero())  # norms and zeros of "the weights", for every contender
+    grouped = reg is not None and any(
+        b.penalty.group_stats(b.params[0]) is not None for b in reg.buckets
+    )
 
     loss_fn = loss_function(data)
     shuffle = torch.Generator().manual_seed(seed)
@@ -226,7 +231,10 @@ def run(
         ).tolist()  # the epoch's one sync
         report = weights.report()
         norm = math.sqrt(sum(r.l2_norm**2 for r in report))
-        history.append(EpochRecord(epoch, *figures, norm, report.zero_fraction))
+        zero_groups = reg.report().zero_groups if grouped else math.nan
+        history.append(
+            EpochRecord(epoch, *figures, norm, report.zero_fraction, report.zero_units, zero_groups)
+        )
         metric = "acc" if data.task == "classification" else "mse"
         bar.set_postfix(
             loss=f"{figures[0]:.4g}",

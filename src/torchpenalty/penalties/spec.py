@@ -19,6 +19,7 @@ import dataclasses
 import re
 from typing import Any
 
+from .._checks import check_strength
 from .base import Penalty, known_names, lookup
 
 _TOKEN = re.compile(
@@ -40,8 +41,9 @@ class _Token:
 
 
 class _Parser:
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, default_strength: float | None = None) -> None:
         self.spec = spec
+        self.default_strength = default_strength
         self.tokens = self._tokenize(spec)
         self.i = 0
 
@@ -169,6 +171,8 @@ class _Parser:
                 )
             args[field] = value
         given = [f for f in strengths if f in args]
+        if not given and self.default_strength is not None:
+            args.update(dict.fromkeys(strengths, self.default_strength))
         if given and len(given) < len(strengths):
             missing = [f for f in strengths if f not in args]
             raise self.error(
@@ -182,13 +186,17 @@ class _Parser:
             raise self.error(str(exc), name_tok.pos) from None
 
 
-def parse(spec: str | Penalty) -> Penalty:
+def parse(spec: str | Penalty, *, default_strength: float | None = None) -> Penalty:
     """Turn a spec string such as ``"l1(1e-5) + l2(lam=1e-4)"`` into a `Penalty`.
 
-    A `Penalty` is returned unchanged. ``parse(repr(p)) == p`` for every penalty ``p``.
+    A `Penalty` is returned unchanged. ``parse(repr(p)) == p`` for every penalty ``p``. Terms
+    that give no strength take ``default_strength`` if set (``parse("l2", default_strength=1)``
+    is ``L2(1.0)``, a unit penalty to scale), else each penalty's default (0.01).
     """
     if isinstance(spec, Penalty):
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"spec must be a string or a Penalty, got {type(spec).__name__}")
-    return _Parser(spec).parse()
+    if default_strength is not None:
+        default_strength = check_strength(default_strength, "default_strength")
+    return _Parser(spec, default_strength).parse()
