@@ -157,3 +157,16 @@ def test_bf16_and_float32_values_accumulate_in_float32():
     assert reg.value().dtype == torch.float32 and reg().dtype == torch.float32
     reg().backward()
     assert model.fc.weight.grad.dtype == torch.bfloat16
+
+
+def test_decay_and_prox_steps_without_an_optimizer(model):
+    reg = Regularizer(model, ElasticNet(0.5, 0.2))
+    w = model.fc.weight.detach().clone()
+    reg.decay_(0.1)
+    torch.testing.assert_close(model.fc.weight, w - 0.1 * (0.5 * torch.sign(w) + 0.2 * w))
+    w = model.fc.weight.detach().clone()
+    reg.prox_(torch.tensor(0.1, dtype=torch.float64))
+    soft = torch.sign(w) * torch.clamp(w.abs() - 0.05, min=0)
+    torch.testing.assert_close(model.fc.weight, soft / (1 + 0.1 * 0.2))
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        reg.decay_(-1.0)

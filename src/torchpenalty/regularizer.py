@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from . import kernels
+from ._checks import check_step
 from .penalties import Penalty, parse
 from .selection import (
     Among,
@@ -71,42 +73,55 @@ def _assign(entries: list[Entry], penalty: PenaltyArg, model: nn.Module) -> list
 
 
 class _PenaltyTotal(torch.autograd.Function):
-    """``sum_b R_b(tensors)`` as one autograd node whose backward is the closed-form gradient.
-
-    Unlike summing per-tensor values, this records no graph over the weights, and its backward
-    allocates only the gradients it returns.
+    """``sum_i R(w_i)`` over a chunk of tensors as one autograd node whose backward is the
+    closed-form gradient: no graph over the weights, and only the returned gradients allocated.
     """
 
     @staticmethod
-    def forward(ctx: Any, buckets: Sequence[Bucket], *tensors: Tensor) -> Tensor:
-        ctx.buckets = buckets
+    def forward(ctx: Any, penalty: Penalty, *tensors: Tensor) -> Tensor:
+        ctx.penalty = penalty
         ctx.save_for_backward(*tensors)
-        return _total(buckets, tensors)
+        with kernels.eager_only():  # chunks differ call to call: compiling each would not pay
+            return penalty._total_value(tensors)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         tensors = ctx.saved_tensors
-        grads: list[Tensor | None] = [None] * len(tensors)
-        for b in ctx.buckets:
-            ws = [tensors[i] for i in b.indices]
-            for i, g in zip(
-                b.indices, b.penalty._grads(ws, grad_out.to(ws[0].device)), strict=True
-            ):
-                grads[i] = g
-        return (None, *grads)
+        return (None, *ctx.penalty._grads(tensors, grad_out.to(tensors[0].device)))
 
 
-def _total(buckets: Sequence[Bucket], tensors: Sequence[Tensor]) -> Tensor:
-    parts = [b.penalty._total_value([tensors[i] for i in b.indices]) for b in buckets]
+def _loss_chunks(buckets: Sequence[Bucket], params: Sequence[Tensor]) -> list[tuple]:
+    """``(penalty, indices)`` runs of at most the largest tensor's size: one autograd node each,
+    so backward holds at most one chunk's gradients before they are accumulated into ``.grad``."""
+    budget = max(p.numel() for p in params)
+    chunks = []
+    for b in buckets:
+        current: list[int] = []
+        size = 0
+        for i in b.indices:
+            if current and size + params[i].numel() > budget:
+                chunks.append((b.penalty, current))
+                current, size = [], 0
+            current.append(i)
+            size += params[i].numel()
+        chunks.append((b.penalty, current))
+    return chunks
+
+
+def _sum(parts: Sequence[Tensor]) -> Tensor:
+    """Partial totals of several devices and dtypes, added on the first one's device."""
     dtype = parts[0].dtype
     for p in parts[1:]:
         dtype = torch.promote_types(dtype, p.dtype)
-    device = parts[0].device
     total = parts[0].to(dtype)
     for p in parts[1:]:
-        total = total + p.to(device=device, dtype=dtype)
+        total = total + p.to(device=total.device, dtype=dtype)
     return total
+
+
+def _total(buckets: Sequence[Bucket], tensors: Sequence[Tensor]) -> Tensor:
+    return _sum([b.penalty._total_value([tensors[i] for i in b.indices]) for b in buckets])
 
 
 class Regularizer:
@@ -147,6 +162,7 @@ class Regularizer:
             bucket.indices.append(i)
             bucket.params.append(param)
         self._buckets = list(groups.values())
+        self._chunks = _loss_chunks(self._buckets, self._params)
         self.version = getattr(self, "version", 0) + 1  # attachments rebuild their plans
 
     @property
@@ -172,7 +188,9 @@ class Regularizer:
         parameters (``torch.func.functional_call`` style); other keys are ignored.
         """
         tensors = self._params if params is None else self._lookup(params)
-        return _PenaltyTotal.apply(self._buckets, *tensors)
+        return _sum(
+            [_PenaltyTotal.apply(pen, *(tensors[i] for i in idx)) for pen, idx in self._chunks]
+        )
 
     def _lookup(self, params: Mapping[str, Tensor]) -> list[Tensor]:
         canonical: dict[str, Tensor] = {}
@@ -213,7 +231,23 @@ class Regularizer:
             )
         return p.grad
 
-    # -- 3./4. optimizer hooks --------------------------------------------------------------
+    # -- 3./4. decoupled and proximal steps ------------------------------------------------------
+    def decay_(self, lr: float | Tensor) -> None:
+        """``w -= lr * grad R(w)`` for every regularized ``w`` (a decoupled step), in place."""
+        lr = check_step(lr, "lr")
+        with torch.no_grad():
+            for b in self._buckets:
+                b.penalty._decay_(b.params, lr)
+
+    def prox_(self, step: float | Tensor) -> None:
+        """``w = prox(w, step)`` for every regularized ``w``, in place."""
+        step = check_step(step, "step")
+        with torch.no_grad():
+            for b in self._buckets:
+                b.penalty.check_prox()
+                b.penalty._prox_(b.params, step)
+
+    # -- optimizer hooks: the same steps at every optimizer.step() -----------------------------
     def attach(self, optimizer: torch.optim.Optimizer, mode: Mode) -> AttachHandle:
         """Apply the penalty at every ``optimizer.step()`` through its step hooks.
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import kernels
 from .._checks import ArrayLike, check_strength, xp
 from .base import Penalty, Scalar, accumulation_dtype, check_input
 
@@ -79,16 +80,9 @@ class Elementwise(Penalty):
             out = out / (1 + step * self.l2_coef)
         return out if out is not w else w * 1  # never alias the input
 
-    # -- batched ----------------------------------------------------------------------------
+    # -- batched: the fused multi-tensor kernels ------------------------------------------------
     def _total_value(self, ws: Sequence[Tensor]) -> Tensor:
-        dtype = accumulation_dtype(ws[0].dtype)
-        total = torch.zeros((), dtype=dtype, device=ws[0].device)
-        if self.l1_coef:
-            total += self.l1_coef * torch.stack(torch._foreach_norm(ws, 1, dtype=dtype)).sum()
-        if self.l2_coef:
-            norms = torch.stack(torch._foreach_norm(ws, 2, dtype=dtype))
-            total += self.l2_coef / 2 * norms.square().sum()
-        return total
+        return kernels.value(ws, self.l1_coef, self.l2_coef)
 
     def _grads(self, ws: Sequence[Tensor], scale: Scalar) -> list[Tensor]:
         if self.l1_coef:
@@ -102,29 +96,13 @@ class Elementwise(Penalty):
         return out
 
     def _add_grad_(self, ws: Sequence[Tensor], gs: Sequence[Tensor]) -> None:
-        # Same op as torch.optim's `grad.add(param, alpha=weight_decay)`, so results match bitwise.
-        if self.l2_coef:
-            torch._foreach_add_(gs, ws, alpha=self.l2_coef)
-        if self.l1_coef:
-            torch._foreach_add_(gs, torch._foreach_sign(ws), alpha=self.l1_coef)
+        kernels.add_grad_(ws, gs, self.l1_coef, self.l2_coef)
 
     def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
-        signs = torch._foreach_sign(ws) if self.l1_coef else None
-        if self.l2_coef:
-            # AdamW's `param.mul_(1 - lr * weight_decay)`, bit for bit.
-            torch._foreach_mul_(ws, 1 - lr * self.l2_coef)
-        if signs is not None:
-            torch._foreach_mul_(signs, -lr * self.l1_coef)
-            torch._foreach_add_(ws, signs)
+        kernels.decay_(ws, lr, self.l1_coef, self.l2_coef)
 
     def _prox_(self, ws: Sequence[Tensor], step: Scalar) -> None:
-        if self.l1_coef:
-            t = step * self.l1_coef
-            # One tensor at a time so the temporary is never larger than the largest weight.
-            for w in ws:
-                w.sub_(w.clamp(-t, t))
-        if self.l2_coef:
-            torch._foreach_div_(ws, 1 + step * self.l2_coef)
+        kernels.prox_(ws, step, self.l1_coef, self.l2_coef)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -1,0 +1,319 @@
+"""How fast is each way of applying a penalty, against the tutorials' way and the memory floor?
+
+    python benchmarks/penalty_paths.py                 # all sets, prints a table, writes JSON
+    python benchmarks/penalty_paths.py --sets resnet18 --repeats 9
+
+Every figure is the median of ``--repeats`` timings after warm-up, all contenders measured in
+the same run on the same tensors (every parameter of the model is regularized):
+
+- tutorial: ``(lam * sum(p.abs().sum() for p in params)).backward()`` (L2: ``lam/2 * p.pow(2)``);
+- torch.optim: the extra cost of ``SGD.step()`` with ``weight_decay`` over without (L2 only);
+- torchpenalty: loss mode (``reg()`` + backward), gradient mode (``reg.add_to_grad_()``),
+  decoupled (``reg.decay_(lr)``), proximal (``reg.prox_(lr)``) and ``reg.value()``;
+- floor: one compiled single pass over the same tensors: ``g.add_(w, alpha=c)`` for gradient
+  mode, ``w.mul_(c)`` for decoupled / proximal, ``w.abs().sum()`` for the value.
+
+Peak extra memory is what the call allocates beyond its inputs (CPU: from the profiler's memory
+events; CUDA: ``torch.cuda.max_memory_allocated``). The end-to-end rows time one training step of
+the ResNet-18 on a random batch with and without each mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import SETS, ResNet18
+
+import torchpenalty
+from torchpenalty import L1, L2, Regularizer
+
+LAM = 1e-4
+LR = 0.1
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    for _ in range(3):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Memory allocated beyond what already exists, at the call's peak."""
+    if device.type == "cuda":
+        synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 1e6
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        fn()
+    timeline = []
+    for e in prof.events():
+        if e.name == "[memory]":
+            timeline.append((e.time_range.start, e.cpu_memory_usage))
+        elif e.self_cpu_memory_usage:
+            timeline.append((e.time_range.start, e.self_cpu_memory_usage))
+    current = peak = 0
+    for _, delta in sorted(timeline):
+        current += delta
+        peak = max(peak, current)
+    return peak / 1e6
+
+
+# -- floors: one compiled pass over the same tensors -------------------------------------------
+def _floor_grad(gs, ws, c):
+    for g, w in zip(gs, ws, strict=True):
+        g.add_(w * c)
+
+
+def _floor_weights(ws, c):
+    for w in ws:
+        w.mul_(c)
+
+
+def _floor_value(ws):
+    return torch.stack([w.abs().sum() for w in ws]).sum()
+
+
+def compiled(fn):
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def bench_set(name: str, device: torch.device, repeats: int) -> list[dict]:
+    torch.manual_seed(0)
+    model = SETS[name]().to(device)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    ws = [p.detach() for p in params]
+    gs = [p.grad for p in params]
+    c = torch.tensor(1.0, device=device)
+    floors = {
+        "grad": median_ms(lambda: compiled_floor_grad(gs, ws, c * 0), repeats, device),
+        "weights": median_ms(lambda: compiled_floor_weights(ws, c), repeats, device),
+        "value": median_ms(lambda: compiled_floor_value(ws), repeats, device),
+    }
+    return [
+        r for pen in (L2(LAM), L1(LAM)) for r in bench_penalty(name, model, pen, floors, repeats)
+    ]
+
+
+def bench_penalty(name, model, penalty, floors: dict, repeats: int) -> list[dict]:
+    params = list(model.parameters())
+    device = params[0].device
+    reg = Regularizer(model, penalty, among="all")
+    is_l2 = isinstance(penalty, L2)
+
+    def tutorial():
+        terms = [(p * p).sum() for p in params] if is_l2 else [p.abs().sum() for p in params]
+        ((LAM / 2 if is_l2 else LAM) * sum(terms)).backward()
+
+    def loss_mode():
+        reg().backward()
+
+    tutorial_ms = median_ms(tutorial, repeats, device)
+    paths = {
+        "loss mode": (loss_mode, "grad"),
+        "gradient mode": (reg.add_to_grad_, "grad"),
+        "decoupled": (lambda: reg.decay_(LR), "weights"),
+        "proximal": (lambda: reg.prox_(LR * 1e-6), "weights"),  # tiny step: weights survive
+        "value()": (reg.value, "value"),
+    }
+    rows = [
+        row(
+            name,
+            penalty,
+            "tutorial autograd",
+            tutorial_ms,
+            floors["grad"],
+            tutorial_ms,
+            peak_extra_mb(tutorial, device),
+        )
+    ]
+    if is_l2:
+        extra = torch_optim_extra_ms(params, repeats, device)
+        rows.append(
+            row(name, penalty, "torch.optim weight_decay", extra, floors["grad"], tutorial_ms, None)
+        )
+    for label, (fn, floor) in paths.items():
+        rows.append(
+            row(
+                name,
+                penalty,
+                label,
+                median_ms(fn, repeats, device),
+                floors[floor],
+                tutorial_ms if floor == "grad" else None,
+                peak_extra_mb(fn, device),
+            )
+        )
+    for floor, ms in floors.items():
+        rows.append(row(name, penalty, f"floor ({floor})", ms, ms, None, None))
+    return rows
+
+
+compiled_floor_grad = compiled(_floor_grad)
+compiled_floor_weights = compiled(_floor_weights)
+compiled_floor_value = compiled(_floor_value)
+
+
+def torch_optim_extra_ms(params, repeats, device) -> float:
+    """Extra time of SGD.step() with weight_decay over the same step without."""
+    with_wd = torch.optim.SGD(params, lr=0.0, weight_decay=LAM, foreach=True)
+    without = torch.optim.SGD(params, lr=0.0, weight_decay=0.0, foreach=True)
+    pairs = [
+        (median_ms(with_wd.step, 3, device), median_ms(without.step, 3, device))
+        for _ in range(max(repeats // 3, 3))
+    ]
+    return statistics.median(a - b for a, b in pairs)
+
+
+def row(set_name, penalty, path, ms, floor_ms, tutorial_ms, peak_mb) -> dict:
+    return {
+        "set": set_name,
+        "penalty": repr(penalty),
+        "path": path,
+        "ms": ms,
+        "ratio_to_floor": ms / floor_ms if floor_ms else None,
+        "speedup_over_tutorial": tutorial_ms / ms if tutorial_ms and ms > 0 else None,
+        "peak_extra_mb": peak_mb,
+    }
+
+
+def end_to_end(device: torch.device, repeats: int, batch: int, size: int) -> list[dict]:
+    """One SGD training step of ResNet-18 on a random batch, with and without each mode."""
+    torch.manual_seed(0)
+    model = ResNet18(classes=10).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    reg = Regularizer(model, L1(LAM))
+    handles = {}
+
+    def step(mode: str | None) -> None:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        if mode == "loss":
+            loss = loss + reg()
+        loss.backward()
+        opt.step()
+
+    modes = [None, "loss", "grad", "decoupled", "proximal"]
+    times: dict = {m: [] for m in modes}
+    for _ in range(repeats):  # interleaved, so drifts hit every mode alike
+        for m in modes:
+            if m in ("grad", "decoupled", "proximal"):
+                handles[m] = reg.attach(opt, mode=m)
+            times[m].append(median_ms(lambda m=m: step(m), 1, device))
+            if m in handles:
+                handles.pop(m).remove()
+    base = statistics.median(times[None])
+    return [
+        {
+            "mode": m or "none",
+            "step_ms": statistics.median(t),
+            "overhead_percent": 100 * (statistics.median(t) - base) / base,
+        }
+        for m, t in times.items()
+    ]
+
+
+def print_table(rows: list[dict], e2e: list[dict]) -> None:
+    header = (
+        f"{'set':12s} {'penalty':16s} {'path':26s} {'ms':>9s} {'x floor':>8s} "
+        f"{'x faster':>9s} {'peak MB':>8s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+        print(
+            f"{r['set']:12s} {r['penalty']:16s} {r['path']:26s} {r['ms']:9.3f} "
+            f"{fmt(r['ratio_to_floor'], '8.2f'):>8s} {fmt(r['speedup_over_tutorial'], '9.1f'):>9s} "
+            f"{fmt(r['peak_extra_mb'], '8.1f'):>8s}"
+        )
+    if e2e:
+        print("\nend to end: one SGD step of ResNet-18 with L1(1e-4)")
+        for r in e2e:
+            print(
+                f"  {r['mode']:10s} {r['step_ms']:9.1f} ms  overhead {r['overhead_percent']:+6.2f}%"
+            )
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="resnet18,transformer,mlp")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--e2e-batch", type=int, default=32)
+    parser.add_argument("--e2e-size", type=int, default=64, help="image side of the e2e batch")
+    parser.add_argument("--e2e-repeats", type=int, default=9)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="JSON file (default benchmarks/results/penalty_paths-<device>.json)",
+    )
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows = [r for name in args.sets.split(",") for r in bench_set(name, device, args.repeats)]
+    e2e = (
+        end_to_end(device, args.e2e_repeats, args.e2e_batch, args.e2e_size)
+        if args.e2e_repeats
+        else []
+    )
+    print_table(rows, e2e)
+    out = (
+        args.out
+        or Path(__file__).resolve().parent / "results" / f"penalty_paths-{device.type}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "torch": torch.__version__,
+        "torchpenalty": torchpenalty.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "threads": torch.get_num_threads(),
+        "backend": torchpenalty.kernels.get_backend(),
+        "repeats": args.repeats,
+        "command": " ".join(["python", "benchmarks/penalty_paths.py", *(argv or sys.argv[1:])]),
+    }
+    out.write_text(json.dumps({"info": info, "rows": rows, "end_to_end": e2e}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Multi-tensor kernels of the elementwise family ``l1 * |w| + l2/2 * w**2``: one pass per mode.
+
+The cost floor of a penalty is memory traffic: gradient mode reads ``w`` and ``g`` and writes
+``g``; decoupled and proximal modes read and write ``w``; the value reads ``w``. Two
+implementations reach it, chosen by measurement (``benchmarks/penalty_paths.py``):
+
+- eager: ``torch._foreach_*`` where one op is one pass (L2: ``g += l2*w``, ``w *= 1 - lr*l2``,
+  ``w /= 1 + s*l2``, ``||w||_2``). Where a temporary is unavoidable (``sign(w)``), tensors are
+  processed in cache-sized chunks, so the temporary never exceeds the largest selected tensor and
+  mostly stays in cache.
+- compiled: ``torch.compile``d list kernels that fuse each tensor's update into one loop with no
+  temporary (L1 decay, L1 prox and the L1 value have no single-pass eager form). Strengths and
+  learning rates enter as 0-dim tensors, so schedules never recompile.
+
+``backend="auto"`` (the default) compiles kernels for buckets of at least `COMPILE_MIN_NUMEL`
+elements, where the traffic saved pays for the compilation, and stays eager below (small models
+are launch-bound, and skip the compile latency). A platform where compilation fails falls back to
+eager once, with a warning. Inside a user's ``torch.compile``d region the eager ops are traced
+and fused by the user's compilation instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Backend = Literal["auto", "eager", "compile"]
+BACKENDS: tuple[str, ...] = ("auto", "eager", "compile")
+COMPILE_MIN_NUMEL = 1 << 20  # elements in a bucket from which "auto" compiles
+CHUNK_NUMEL = 1 << 18  # elements per eager chunk: the sign temporary stays cache-sized
+# Each kernel compiles once per list of shapes; past this many lists it stays eager rather than
+# reach dynamo's recompile limit, whose fallback would run the fused code unfused.
+MAX_SIGNATURES = 32
+Scalar = float | Tensor
+
+_state = {"backend": "auto", "compile_failed": False, "eager_only": 0}
+_signatures: dict[Callable, set[tuple]] = {}
+
+
+def set_backend(backend: Backend) -> None:
+    """Choose how penalties are applied: ``"auto"`` (default), ``"eager"`` or ``"compile"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    _state["backend"] = backend
+
+
+def get_backend() -> str:
+    return _state["backend"]
+
+
+@contextlib.contextmanager
+def eager_only() -> Iterator[None]:
+    """Within this block every kernel runs eagerly (e.g. for lists that change every call)."""
+    _state["eager_only"] += 1
+    try:
+        yield
+    finally:
+        _state["eager_only"] -= 1
+
+
+def _use_compiled(kernel: Callable, ws: Sequence[Tensor]) -> bool:
+    backend = _state["backend"]
+    if backend == "eager" or _state["compile_failed"] or _state["eager_only"]:
+        return False
+    if torch.compiler.is_compiling():  # inside the user's compiled region: theirs fuses ours
+        return False
+    if backend == "auto" and sum(w.numel() for w in ws) < COMPILE_MIN_NUMEL:
+        return False
+    signature = (ws[0].device, ws[0].dtype, tuple(tuple(w.shape) for w in ws))
+    seen = _signatures.setdefault(kernel, set())
+    if signature not in seen:
+        if len(seen) >= MAX_SIGNATURES:
+            return False
+        seen.add(signature)
+    return True
+
+
+def _chunks(ws: Sequence[Tensor]) -> list[list[int]]:
+    """Consecutive index groups of at most `CHUNK_NUMEL` elements and at most the largest
+    tensor's size (a larger tensor stands alone): a chunk's temporaries stay cache-sized and
+    never exceed the largest tensor."""
+    budget = min(CHUNK_NUMEL, max(w.numel() for w in ws))
+    out: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for i, w in enumerate(ws):
+        if current and size + w.numel() > budget:
+            out.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += w.numel()
+    if current:
+        out.append(current)
+    return out
+
+
+def _precise(value: Scalar) -> Scalar:
+    """Scalar tensors (a learning rate from a scheduler, say) in float64, so that coefficients
+    such as ``1 - lr * l2`` do not round to the tensor's float32 first."""
+    return value.to(torch.float64) if isinstance(value, Tensor) else value
+
+
+def _scalar(value: Scalar, like: Tensor) -> Tensor:
+    """A 0-dim tensor on ``like``'s device (compiled kernels take scalars as tensors), float64
+    for float64 weights and float32 otherwise (low-precision weights compute in float32)."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    if isinstance(value, Tensor):
+        return value.to(device=like.device, dtype=dtype)
+    return torch.tensor(value, dtype=dtype, device=like.device)
+
+
+# -- compiled kernels: one fused loop per tensor, no temporaries ---------------------------------
+def _fused_grad(gs: list[Tensor], ws: list[Tensor], l1: Tensor, l2: Tensor) -> None:
+    for g, w in zip(gs, ws, strict=True):
+        g.add_(torch.sign(w) * l1 + w * l2)
+
+
+def _fused_decay(ws: list[Tensor], l1_lr: Tensor, shrink: Tensor) -> None:
+    # w - lr*(l1*sign(w) + l2*w) = w*(1 - lr*l2) - lr*l1*sign(w)
+    for w in ws:
+        w.copy_(w * shrink - torch.sign(w) * l1_lr)
+
+
+def _fused_prox(ws: list[Tensor], threshold: Tensor, divisor: Tensor) -> None:
+    for w in ws:
+        w.copy_((w - w.clamp(-threshold, threshold)) / divisor)
+
+
+def _fused_value(ws: list[Tensor], l1: Tensor, half_l2: Tensor) -> Tensor:
+    total = torch.zeros((), dtype=torch.float32, device=ws[0].device)
+    for w in ws:
+        w32 = w.float()
+        total = total + (w32.abs().sum() * l1 + (w32 * w32).sum() * half_l2)
+    return total
+
+
+@functools.cache
+def _compiled(kernel: Callable) -> Callable:
+    return torch.compile(kernel, fullgraph=True, dynamic=False)
+
+
+def _lists(*tensor_lists: Sequence[Tensor]) -> list[list[Tensor]]:
+    """Lists for a compiled kernel: 0-dim tensors as 1-element views of the same storage, as
+    compiled code treats 0-dim CPU tensors as scalars and would drop their in-place update."""
+    return [[t.view(1) if t.dim() == 0 else t for t in ts] for ts in tensor_lists]
+
+
+def _run_compiled(kernel: Callable, *args: object) -> tuple[bool, object]:
+    """Run the compiled ``kernel``: ``(True, result)``, or ``(False, None)`` and eager from now
+    on if compilation fails on this platform."""
+    try:
+        with torch._dynamo.config.patch(recompile_limit=MAX_SIGNATURES + 8):
+            return True, _compiled(kernel)(*args)
+    except Exception as exc:  # no C++ compiler, no Triton, an unsupported platform, ...
+        _state["compile_failed"] = True
+        warnings.warn(
+            f"torchpenalty: compiled kernels are unavailable here ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); using eager kernels",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False, None
+
+
+# -- the four operations ---------------------------------------------------------------------
+def add_grad_(ws: Sequence[Tensor], gs: Sequence[Tensor], l1: float, l2: float) -> None:
+    """``g += l1 * sign(w) + l2 * w``; the same op as torch.optim's ``weight_decay`` for L2."""
+    if not ws:
+        return
+    if l1 and _use_compiled(_fused_grad, ws):
+        ok, _ = _run_compiled(_fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]), _scalar(l2, ws[0]))
+        if ok:
+            return
+    if l2:
+        torch._foreach_add_(gs, ws, alpha=l2)  # torch.optim's `grad.add(param, alpha=wd)`
+    if l1:
+        for chunk in _chunks(ws):
+            cw = [ws[i] for i in chunk]
+            torch._foreach_add_([gs[i] for i in chunk], torch._foreach_sign(cw), alpha=l1)
+
+
+def decay_(ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float) -> None:
+    """``w -= lr * (l1 * sign(w) + l2 * w)``; for L2 alone AdamW's ``w *= 1 - lr*l2``."""
+    if not ws or not (l1 or l2):
+        return
+    lr = _precise(lr)
+    if l1 and _use_compiled(_fused_decay, ws):
+        shrink = _scalar(1 - lr * l2, ws[0])
+        ok, _ = _run_compiled(_fused_decay, *_lists(ws), _scalar(lr * l1, ws[0]), shrink)
+        if ok:
+            return
+    if l1:
+        for chunk in _chunks(ws):
+            cw = [ws[i] for i in chunk]
+            signs = torch._foreach_sign(cw)  # the sign before the shrink
+            if l2:
+                torch._foreach_mul_(cw, 1 - lr * l2)
+            _axpy_(cw, signs, -lr * l1)
+            del signs  # before the next chunk's are made: one chunk of temporaries at a time
+    else:
+        torch._foreach_mul_(ws, 1 - lr * l2)  # AdamW's `param.mul_(1 - lr * weight_decay)`
+
+
+def prox_(ws: Sequence[Tensor], step: Scalar, l1: float, l2: float) -> None:
+    """``w = soft(w, step*l1) / (1 + step*l2)``."""
+    if not ws or not (l1 or l2):
+        return
+    step = _precise(step)
+    if l1 and _use_compiled(_fused_prox, ws):
+        args = (_scalar(step * l1, ws[0]), _scalar(1 + step * l2, ws[0]))
+        ok, _ = _run_compiled(_fused_prox, *_lists(ws), *args)
+        if ok:
+            return
+    if l1:
+        t = step * l1
+        for w in ws:  # one temporary at a time, never larger than the largest tensor
+            w.sub_(w.clamp(-t, t))
+    if l2:
+        torch._foreach_div_(ws, 1 + step * l2)
+
+
+def value(ws: Sequence[Tensor], l1: float, l2: float) -> Tensor:
+    """``sum_i l1 * ||w_i||_1 + l2/2 * ||w_i||_2^2``, accumulated in float32 or wider."""
+    dtype = torch.promote_types(ws[0].dtype, torch.float32)
+    if l1 and dtype == torch.float32 and _use_compiled(_fused_value, ws):
+        ok, total = _run_compiled(
+            _fused_value, *_lists(ws), _scalar(l1, ws[0]), _scalar(l2 / 2, ws[0])
+        )
+        if ok:
+            return total
+    total = torch.zeros((), dtype=dtype, device=ws[0].device)
+    if l1:
+        total += l1 * torch.stack(torch._foreach_norm(ws, 1, dtype=dtype)).sum()
+    if l2:
+        total += l2 / 2 * torch.stack(torch._foreach_norm(ws, 2, dtype=dtype)).square().sum()
+    return total
+
+
+def _axpy_(ys: list[Tensor], xs: list[Tensor], a: Scalar) -> None:
+    """``y += a * x`` for a number or a 0-dim tensor ``a``."""
+    if isinstance(a, Tensor):
+        torch._foreach_mul_(xs, a)
+        torch._foreach_add_(ys, xs)
+    else:
+        torch._foreach_add_(ys, xs, alpha=a)
