@@ -11,7 +11,8 @@ the same run on the same tensors (every parameter of the model is regularized):
 - torchpenalty: loss mode (``reg()`` + backward), gradient mode (``reg.add_to_grad_()``),
   decoupled (``reg.decay_(lr)``), proximal (``reg.prox_(lr)``) and ``reg.value()``;
 - floor: one compiled single pass over the same tensors: ``g.add_(w, alpha=c)`` for gradient
-  mode, ``w.mul_(c)`` for decoupled / proximal, ``w.abs().sum()`` for the value.
+  mode, ``w.mul_(c)`` for decoupled / proximal, ``w.abs().sum()`` for the value; on a GPU, the
+  same bytes at the bandwidth of a device-to-device copy measured in the same run.
 
 Peak extra memory is what the call allocates beyond its inputs (CPU: from the profiler's memory
 events; CUDA: ``torch.cuda.max_memory_allocated``). The end-to-end rows time one training step of
@@ -58,6 +59,29 @@ def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> f
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def paired_ms(fn, floor_fn, repeats: int, device: torch.device) -> tuple[float, float]:
+    """``(median ms of fn, median of per-pair time ratios fn / floor_fn)``, the two timed
+    alternately so that drifts of a shared machine hit both alike."""
+    for _ in range(3):
+        fn()
+        floor_fn()
+    times, ratios = [], []
+    for _ in range(repeats):
+        a = _once(fn, device)
+        b = _once(floor_fn, device)
+        times.append(a)
+        ratios.append(a / b)
+    return statistics.median(times), statistics.median(ratios)
+
+
+def _once(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3
 
 
 def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float:
@@ -113,11 +137,14 @@ def bench_set(name: str, device: torch.device, repeats: int) -> list[dict]:
     ws = [p.detach() for p in params]
     gs = [p.grad for p in params]
     c = torch.tensor(1.0, device=device)
-    floors = {
-        "grad": median_ms(lambda: compiled_floor_grad(gs, ws, c * 0), repeats, device),
-        "weights": median_ms(lambda: compiled_floor_weights(ws, c), repeats, device),
-        "value": median_ms(lambda: compiled_floor_value(ws), repeats, device),
-    }
+    if device.type == "cuda":  # floors from the copy bandwidth: numbers, not functions
+        floors: dict = bandwidth_floors(ws, repeats, device)
+    else:
+        floors = {
+            "grad": lambda: compiled_floor_grad(gs, ws, c * 0),
+            "weights": lambda: compiled_floor_weights(ws, c),
+            "value": lambda: compiled_floor_value(ws),
+        }
     return [
         r for pen in (L2(LAM), L1(LAM)) for r in bench_penalty(name, model, pen, floors, repeats)
     ]
@@ -136,50 +163,67 @@ def bench_penalty(name, model, penalty, floors: dict, repeats: int) -> list[dict
     def loss_mode():
         reg().backward()
 
-    tutorial_ms = median_ms(tutorial, repeats, device)
+    def measure(fn, floor: str) -> tuple[float, float]:
+        """(ms, ratio to the floor), timed alternately with the floor where it is a function."""
+        if callable(floors[floor]):
+            return paired_ms(fn, floors[floor], repeats, device)
+        ms = median_ms(fn, repeats, device)
+        return ms, ms / floors[floor]
+
     paths = {
+        "tutorial autograd": (tutorial, "grad"),
         "loss mode": (loss_mode, "grad"),
         "gradient mode": (reg.add_to_grad_, "grad"),
         "decoupled": (lambda: reg.decay_(LR), "weights"),
         "proximal": (lambda: reg.prox_(LR * 1e-6), "weights"),  # tiny step: weights survive
         "value()": (reg.value, "value"),
     }
-    rows = [
-        row(
-            name,
-            penalty,
-            "tutorial autograd",
-            tutorial_ms,
-            floors["grad"],
-            tutorial_ms,
-            peak_extra_mb(tutorial, device),
-        )
-    ]
-    if is_l2:
-        extra = torch_optim_extra_ms(params, repeats, device)
-        rows.append(
-            row(name, penalty, "torch.optim weight_decay", extra, floors["grad"], tutorial_ms, None)
-        )
+    measured = {label: measure(fn, floor) for label, (fn, floor) in paths.items()}
+    tutorial_ms = measured["tutorial autograd"][0]
+    rows = []
     for label, (fn, floor) in paths.items():
-        rows.append(
-            row(
-                name,
-                penalty,
-                label,
-                median_ms(fn, repeats, device),
-                floors[floor],
-                tutorial_ms if floor == "grad" else None,
-                peak_extra_mb(fn, device),
+        ms, ratio = measured[label]
+        faster = tutorial_ms / ms if floor == "grad" else None
+        rows.append(row(name, penalty, label, ms, ratio, faster, peak_extra_mb(fn, device)))
+        if label == "tutorial autograd" and is_l2:
+            extra = torch_optim_extra_ms(params, repeats, device)
+            ratio = extra / (measured["gradient mode"][0] / measured["gradient mode"][1])
+            rows.append(
+                row(
+                    name,
+                    penalty,
+                    "torch.optim weight_decay",
+                    extra,
+                    ratio,
+                    tutorial_ms / extra,
+                    None,
+                )
             )
-        )
-    for floor, ms in floors.items():
-        rows.append(row(name, penalty, f"floor ({floor})", ms, ms, None, None))
+    for floor, f in floors.items():
+        ms = median_ms(f, repeats, device) if callable(f) else f
+        rows.append(row(name, penalty, f"floor ({floor})", ms, 1.0, None, None))
     return rows
 
 
 compiled_floor_grad = compiled(_floor_grad)
 compiled_floor_weights = compiled(_floor_weights)
 compiled_floor_value = compiled(_floor_value)
+
+
+def bandwidth_floors(ws, repeats, device) -> dict[str, float]:
+    """GPU floors from the memory bandwidth of a device-to-device copy of the same bytes:
+    gradient mode moves 3x the weights' bytes, decoupled / proximal 2x, the value 1x."""
+    nbytes = sum(w.numel() * w.element_size() for w in ws)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src), repeats, device)
+    per_byte_ms = copy_ms / (2 * nbytes)  # a copy reads and writes every byte
+    print(f"device-to-device copy: {2 * nbytes / copy_ms / 1e6:.0f} GB/s")
+    return {
+        "grad": 3 * nbytes * per_byte_ms,
+        "weights": 2 * nbytes * per_byte_ms,
+        "value": nbytes * per_byte_ms,
+    }
 
 
 def torch_optim_extra_ms(params, repeats, device) -> float:
@@ -193,14 +237,14 @@ def torch_optim_extra_ms(params, repeats, device) -> float:
     return statistics.median(a - b for a, b in pairs)
 
 
-def row(set_name, penalty, path, ms, floor_ms, tutorial_ms, peak_mb) -> dict:
+def row(set_name, penalty, path, ms, ratio, faster, peak_mb) -> dict:
     return {
         "set": set_name,
         "penalty": repr(penalty),
         "path": path,
         "ms": ms,
-        "ratio_to_floor": ms / floor_ms if floor_ms else None,
-        "speedup_over_tutorial": tutorial_ms / ms if tutorial_ms and ms > 0 else None,
+        "ratio_to_floor": ratio,
+        "speedup_over_tutorial": faster,
         "peak_extra_mb": peak_mb,
     }
 
@@ -280,8 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sets", default="resnet18,transformer,mlp")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--e2e-batch", type=int, default=32)
-    parser.add_argument("--e2e-size", type=int, default=64, help="image side of the e2e batch")
+    parser.add_argument("--e2e-batch", type=int, default=16)
+    parser.add_argument("--e2e-size", type=int, default=224, help="image side of the e2e batch")
     parser.add_argument("--e2e-repeats", type=int, default=9)
     parser.add_argument(
         "--out",
