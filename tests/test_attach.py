@@ -242,3 +242,29 @@ def test_float32_decoupled_matches_adamw_too():
     Regularizer(ours, L2(LAM)).attach(opt, mode="decoupled")
     train(ours, opt, steps=20, dtype=torch.float32)
     assert_same_parameters(ours, reference, rtol=1e-6)
+
+
+def test_check_finite_names_the_parameters(model):
+    reg = Regularizer(model, L2(1e-3))
+    reg.check_finite()  # all fine: silent
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+        model.head.weight[1, 1] = float("-inf")
+    with pytest.raises(
+        FloatingPointError, match=r"regularized parameters: fc\.weight, head\.weight"
+    ):
+        reg.check_finite()
+
+
+def test_attach_with_check_finite_stops_at_the_step_that_diverged(model):
+    reg = Regularizer(model, L2(1e-3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = reg.attach(opt, mode="decoupled", check_finite=True)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # finite: passes
+    model.conv.weight.grad.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=r"conv\.weight"):
+        opt.step()
+    handle.remove()
+    opt.step()  # detached: no check any more

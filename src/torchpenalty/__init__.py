@@ -4,6 +4,7 @@ reg = torchpenalty.Regularizer(model, "l2(1e-4)")   # weights only, not biases /
 loss = criterion(model(x), y) + reg()                 # or reg.attach(opt, mode="decoupled")
 """
 
+from . import kernels, schedules
 from .attach import AttachHandle
 from .compaction import compact
 from .param_groups import param_groups
@@ -30,7 +31,9 @@ __all__ = [
     "Zero",
     "__version__",
     "compact",
+    "kernels",
     "param_groups",
     "parse",
+    "schedules",
     "select",
 ]

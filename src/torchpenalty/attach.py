@@ -36,13 +36,21 @@ class AttachHandle:
     """What `Regularizer.attach` returns: ``.remove()`` detaches; usable as a context manager."""
 
     def __init__(
-        self, reg: Regularizer, optimizer: torch.optim.Optimizer, mode: str, hook: RemovableHandle
+        self,
+        reg: Regularizer,
+        optimizer: torch.optim.Optimizer,
+        mode: str,
+        hooks: list[RemovableHandle],
+        *,
+        advances: bool = False,
     ) -> None:
         self.regularizer, self.optimizer, self.mode = reg, optimizer, mode
-        self._hook = hook
+        self.advances = advances  # whether this optimizer's steps advance the schedule
+        self._hooks = hooks
 
     def remove(self) -> None:
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         self.regularizer._attachments.pop(id(self.optimizer), None)
 
     def __enter__(self) -> AttachHandle:
@@ -78,7 +86,9 @@ def _plan(reg: Regularizer, optimizer: torch.optim.Optimizer) -> list[_Slice]:
     return list(slices.values())
 
 
-def attach(reg: Regularizer, optimizer: torch.optim.Optimizer, mode: str) -> AttachHandle:
+def attach(
+    reg: Regularizer, optimizer: torch.optim.Optimizer, mode: str, *, check_finite: bool = False
+) -> AttachHandle:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
@@ -117,19 +127,26 @@ def attach(reg: Regularizer, optimizer: torch.optim.Optimizer, mode: str) -> Att
     def decoupled_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for s in current_plan():
-                s.penalty._decay_(s.params, s.group["lr"])
+                reg.current(s.penalty)._decay_(s.params, s.group["lr"])
 
     def proximal_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for s in current_plan():
-                s.penalty._prox_(s.params, s.group["lr"])
+                reg.current(s.penalty)._prox_(s.params, s.group["lr"])
 
     if mode == "grad":
-        hook = optimizer.register_step_pre_hook(grad_hook)
+        hooks = [optimizer.register_step_pre_hook(grad_hook)]
     elif mode == "decoupled":
-        hook = optimizer.register_step_pre_hook(decoupled_hook)
+        hooks = [optimizer.register_step_pre_hook(decoupled_hook)]
     else:
-        hook = optimizer.register_step_post_hook(proximal_hook)
-    handle = AttachHandle(reg, optimizer, mode, hook)
+        hooks = [optimizer.register_step_post_hook(proximal_hook)]
+    if reg.schedule is not None and not any(h.advances for h in reg._attachments.values()):
+        hooks.append(optimizer.register_step_post_hook(lambda opt, a, k: reg.step()))
+        advances = True
+    else:
+        advances = False
+    if check_finite:
+        hooks.append(optimizer.register_step_post_hook(lambda opt, a, k: reg.check_finite()))
+    handle = AttachHandle(reg, optimizer, mode, hooks, advances=advances)
     reg._attachments[id(optimizer)] = handle
     return handle

@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 from . import kernels
 from ._checks import check_step
 from .penalties import Penalty, parse
+from .schedules import Schedule, ScheduleLike, factor_at
 from .selection import (
     Among,
     CompiledRule,
@@ -120,8 +121,8 @@ def _sum(parts: Sequence[Tensor]) -> Tensor:
     return total
 
 
-def _total(buckets: Sequence[Bucket], tensors: Sequence[Tensor]) -> Tensor:
-    return _sum([b.penalty._total_value([tensors[i] for i in b.indices]) for b in buckets])
+def _total(buckets: Sequence[tuple[Bucket, Penalty]], tensors: Sequence[Tensor]) -> Tensor:
+    return _sum([pen._total_value([tensors[i] for i in b.indices]) for b, pen in buckets])
 
 
 class Regularizer:
@@ -141,7 +142,16 @@ class Regularizer:
         include: Rule | None = None,
         exclude: Rule | None = None,
         among: Among = "weights",
+        schedule: ScheduleLike | None = None,
     ) -> None:
+        if schedule is not None and not callable(schedule):
+            raise TypeError(
+                "schedule must be callable (step -> factor), e.g. "
+                f"torchpenalty.schedules.cosine(1000); got {type(schedule).__name__}"
+            )
+        self.schedule = schedule
+        self.steps = 0
+        self.factor = 1.0 if schedule is None else factor_at(schedule, 0)
         selected, self.frozen = select_entries(model, include, exclude, among=among)
         assigned = _assign(selected, penalty, model)
         kept = [(e, p) for e, p in zip(selected, assigned, strict=True) if p is not None]
@@ -151,6 +161,17 @@ class Regularizer:
         self._params = [e.param for e, _ in kept]
         self._set_penalties([p for _, p in kept])
         self._attachments: dict[int, AttachHandle] = {}
+
+    # -- schedule ---------------------------------------------------------------------------
+    def step(self) -> None:
+        """Advance the strength schedule by one step (done by the first attached optimizer)."""
+        self.steps += 1
+        if self.schedule is not None:
+            self.factor = factor_at(self.schedule, self.steps)
+
+    def current(self, penalty: Penalty) -> Penalty:
+        """``penalty`` at the schedule's current factor."""
+        return penalty if self.factor == 1.0 else self.factor * penalty
 
     # -- structure --------------------------------------------------------------------------
     def _set_penalties(self, penalties: Sequence[Penalty]) -> None:
@@ -180,6 +201,27 @@ class Regularizer:
     def __len__(self) -> int:
         return len(self._params)
 
+    def check_finite(self) -> None:
+        """Raise `FloatingPointError` naming every regularized parameter holding NaN or Inf.
+
+        One pass per tensor (its max-abs norm, NaN/Inf if any element is) and one device sync.
+        """
+        with torch.no_grad():
+            flags = [
+                torch.isfinite(torch.stack(torch._foreach_norm(b.params, float("inf"))))
+                for b in self._buckets
+            ]
+            ok = torch.cat([f.to(flags[0].device) for f in flags]).tolist()  # the one sync
+        order = [i for b in self._buckets for i in b.indices]
+        bad = sorted((i for i, fine in zip(order, ok, strict=True) if not fine))
+        if bad:
+            raise FloatingPointError(
+                "non-finite values (NaN or Inf) in regularized parameters: "
+                + ", ".join(self._names[i] for i in bad)
+                + "; lower the learning rate, check the data and loss, or keep float32 master "
+                "weights for low-precision training"
+            )
+
     # -- 1. loss ----------------------------------------------------------------------------
     def __call__(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """The total penalty, differentiable: ``loss = data_loss + reg()``.
@@ -189,7 +231,10 @@ class Regularizer:
         """
         tensors = self._params if params is None else self._lookup(params)
         return _sum(
-            [_PenaltyTotal.apply(pen, *(tensors[i] for i in idx)) for pen, idx in self._chunks]
+            [
+                _PenaltyTotal.apply(self.current(pen), *(tensors[i] for i in idx))
+                for pen, idx in self._chunks
+            ]
         )
 
     def _lookup(self, params: Mapping[str, Tensor]) -> list[Tensor]:
@@ -207,7 +252,7 @@ class Regularizer:
     def value(self) -> Tensor:
         """The total penalty as a 0-dim tensor: no autograd, no device sync."""
         with torch.no_grad():
-            return _total(self._buckets, self._params)
+            return _total([(b, self.current(b.penalty)) for b in self._buckets], self._params)
 
     # -- 2. gradient ------------------------------------------------------------------------
     def add_to_grad_(self) -> None:
@@ -217,7 +262,8 @@ class Regularizer:
         """
         with torch.no_grad():
             for b in self._buckets:
-                b.penalty._add_grad_(b.params, [self._dense_grad(i) for i in b.indices])
+                pen = self.current(b.penalty)
+                pen._add_grad_(b.params, [self._dense_grad(i) for i in b.indices])
 
     def _dense_grad(self, i: int) -> Tensor:
         p = self._params[i]
@@ -237,7 +283,7 @@ class Regularizer:
         lr = check_step(lr, "lr")
         with torch.no_grad():
             for b in self._buckets:
-                b.penalty._decay_(b.params, lr)
+                self.current(b.penalty)._decay_(b.params, lr)
 
     def prox_(self, step: float | Tensor) -> None:
         """``w = prox(w, step)`` for every regularized ``w``, in place."""
@@ -245,20 +291,23 @@ class Regularizer:
         with torch.no_grad():
             for b in self._buckets:
                 b.penalty.check_prox()
-                b.penalty._prox_(b.params, step)
+                self.current(b.penalty)._prox_(b.params, step)
 
     # -- optimizer hooks: the same steps at every optimizer.step() -----------------------------
-    def attach(self, optimizer: torch.optim.Optimizer, mode: Mode) -> AttachHandle:
+    def attach(
+        self, optimizer: torch.optim.Optimizer, mode: Mode, *, check_finite: bool = False
+    ) -> AttachHandle:
         """Apply the penalty at every ``optimizer.step()`` through its step hooks.
 
         ``mode="grad"``: ``add_to_grad_()`` before the step. ``"decoupled"``: ``w -= lr *
         grad R(w)`` before the step, with the ``lr`` of the parameter's group (AdamW-style for
         any optimizer and penalty). ``"proximal"``: ``w = prox(w, lr)`` after the step (exact
-        zeros for L1). Returns a handle with ``.remove()``.
+        zeros for L1). Returns a handle with ``.remove()``. With ``check_finite=True``,
+        `check_finite` runs after every step (one device sync per step).
         """
         from .attach import attach
 
-        return attach(self, optimizer, mode)
+        return attach(self, optimizer, mode, check_finite=check_finite)
 
     # -- reporting and state ----------------------------------------------------------------
     def report(self) -> Report:
@@ -271,9 +320,18 @@ class Regularizer:
         return report(self)
 
     def state_dict(self) -> dict[str, Any]:
+        """Penalties (unscaled), the schedule's step and, for built-in schedules, its config."""
+        if self.schedule is None:
+            schedule = None
+        elif isinstance(self.schedule, Schedule):
+            schedule = self.schedule.get_config()
+        else:
+            schedule = "callable"
         return {
             "version": 1,
             "penalties": {n: p.get_config() for n, p in self.named_penalties()},
+            "steps": self.steps,
+            "schedule": schedule,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -288,6 +346,17 @@ class Regularizer:
                 f"{sorted(set(self._names) - set(saved))} missing"
             )
         self._set_penalties([Penalty.from_config(saved[n]) for n in self._names])
+        schedule = state.get("schedule")
+        if schedule == "callable":
+            if self.schedule is None:
+                raise ValueError(
+                    "this state was saved with a callable schedule, which cannot be stored: "
+                    "pass the same schedule= to the Regularizer before load_state_dict"
+                )
+        elif schedule is not None:
+            self.schedule = Schedule.from_config(schedule)
+        self.steps = int(state.get("steps", 0))
+        self.factor = 1.0 if self.schedule is None else factor_at(self.schedule, self.steps)
 
     def __repr__(self) -> str:
         lines = ["Regularizer("]
@@ -296,5 +365,7 @@ class Regularizer:
             lines.append(f"  {b.penalty!r}: {items}")
         if self.frozen:
             lines.append(f"  skipped (frozen): {', '.join(self.frozen)}")
+        if self.schedule is not None:
+            lines.append(f"  schedule: {self.schedule!r} at step {self.steps} (x{self.factor:.4g})")
         lines.append(")")
         return "\n".join(lines)

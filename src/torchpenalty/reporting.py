@@ -146,7 +146,8 @@ def report(reg: Regularizer) -> Report:
         for b in reg.buckets:
             acc = accumulation_dtype(b.params[0].dtype)
             device = b.params[0].device
-            values = torch.stack([b.penalty.value(w).to(acc) for w in b.params])
+            penalty = reg.current(b.penalty)
+            values = torch.stack([penalty.value(w).to(acc) for w in b.params])
             norms = torch.stack(torch._foreach_norm(b.params, 2, dtype=acc))
             zeros = torch.stack([(w == 0).sum() for w in b.params]).to(acc)
             numels = torch.tensor([max(w.numel(), 1) for w in b.params], dtype=acc, device=device)
