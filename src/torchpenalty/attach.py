@@ -121,18 +121,28 @@ def attach(
             state["version"], state["plan"] = reg.version, _plan(reg, optimizer)
         return state["plan"]
 
+    # GradScaler leaves `grad_scale` (gradients still scaled) and `found_inf` on optimizers that
+    # unscale inside their own fused step; ordinary ones are unscaled before step(), and skipped.
     def grad_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        reg.add_to_grad_()
+        reg.add_to_grad_(getattr(opt, "grad_scale", None))
+
+    def lr_of(opt: torch.optim.Optimizer, group: dict) -> Any:
+        found_inf = getattr(opt, "found_inf", None)  # a step the fused optimizer will skip
+        return group["lr"] if found_inf is None else group["lr"] * (1 - found_inf)
 
     def decoupled_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for s in current_plan():
-                reg.current(s.penalty)._decay_(s.params, s.group["lr"])
+                pen = reg.current(s.penalty)
+                reg.warn_if_rounded_away(pen, s.params, s.group["lr"], "decoupled")
+                pen._decay_(s.params, lr_of(opt, s.group))
 
     def proximal_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for s in current_plan():
-                reg.current(s.penalty)._prox_(s.params, s.group["lr"])
+                pen = reg.current(s.penalty)
+                reg.warn_if_rounded_away(pen, s.params, s.group["lr"], "proximal")
+                pen._prox_(s.params, lr_of(opt, s.group))
 
     if mode == "grad":
         hooks = [optimizer.register_step_pre_hook(grad_hook)]

@@ -169,9 +169,16 @@ def _run_compiled(kernel: Callable, *args: object) -> tuple[bool, object]:
 
 
 # -- the four operations ---------------------------------------------------------------------
-def add_grad_(ws: Sequence[Tensor], gs: Sequence[Tensor], l1: float, l2: float) -> None:
-    """``g += l1 * sign(w) + l2 * w``; the same op as torch.optim's ``weight_decay`` for L2."""
-    if not ws:
+def add_grad_(
+    ws: Sequence[Tensor], gs: Sequence[Tensor], l1: float, l2: float, scale: Tensor | None = None
+) -> None:
+    """``g += scale * (l1 * sign(w) + l2 * w)``; for L2 with no scale, torch.optim's
+    ``weight_decay`` op. ``scale`` is a 0-dim tensor (a GradScaler's scale: the gradients are
+    still scaled), applied without a device sync."""
+    if not ws or not (l1 or l2):
+        return
+    if scale is not None:
+        _add_scaled_grad_(ws, gs, l1, l2, scale)
         return
     if l1 and _use_compiled(_fused_grad, ws):
         ok, _ = _run_compiled(_fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]), _scalar(l2, ws[0]))
@@ -185,6 +192,37 @@ def add_grad_(ws: Sequence[Tensor], gs: Sequence[Tensor], l1: float, l2: float) 
             torch._foreach_add_([gs[i] for i in chunk], torch._foreach_sign(cw), alpha=l1)
 
 
+def _add_scaled_grad_(
+    ws: Sequence[Tensor], gs: Sequence[Tensor], l1: float, l2: float, scale: Tensor
+) -> None:
+    if _use_compiled(_fused_grad, ws):
+        s = _scalar(scale, ws[0])
+        ok, _ = _run_compiled(
+            _fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]) * s, _scalar(l2, ws[0]) * s
+        )
+        if ok:
+            return
+    for chunk in _chunks(ws):
+        cw, cg = [ws[i] for i in chunk], [gs[i] for i in chunk]
+        if l2:
+            torch._foreach_add_(cg, torch._foreach_mul(cw, scale), alpha=l2)
+        if l1:
+            signs = torch._foreach_sign(cw)
+            torch._foreach_mul_(signs, scale)
+            torch._foreach_add_(cg, signs, alpha=l1)
+            del signs
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _decay_low_precision_(ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float) -> None:
+    """In float32, rounded once: bf16 ops would round the coefficient, and each op's result."""
+    for w in ws:
+        w32 = w.float()
+        w.copy_(w32 * (1 - lr * l2) - torch.sign(w32) * (lr * l1))
+
+
 def decay_(ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float) -> None:
     """``w -= lr * (l1 * sign(w) + l2 * w)``; for L2 alone AdamW's ``w *= 1 - lr*l2``."""
     if not ws or not (l1 or l2):
@@ -195,7 +233,9 @@ def decay_(ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float) -> None:
         ok, _ = _run_compiled(_fused_decay, *_lists(ws), _scalar(lr * l1, ws[0]), shrink)
         if ok:
             return
-    if l1:
+    if l1 and ws[0].dtype in LOW_PRECISION:  # a bf16 coefficient would round first
+        _decay_low_precision_(ws, lr, l1, l2)
+    elif l1:
         for chunk in _chunks(ws):
             cw = [ws[i] for i in chunk]
             signs = torch._foreach_sign(cw)  # the sign before the shrink
@@ -217,6 +257,12 @@ def prox_(ws: Sequence[Tensor], step: Scalar, l1: float, l2: float) -> None:
         ok, _ = _run_compiled(_fused_prox, *_lists(ws), *args)
         if ok:
             return
+    if l1 and ws[0].dtype in LOW_PRECISION:
+        t = step * l1
+        for w in ws:  # both terms in float32, rounded once
+            w32 = w.float()
+            w.copy_((w32 - w32.clamp(-t, t)) / (1 + step * l2))
+        return
     if l1:
         t = step * l1
         for w in ws:  # one temporary at a time, never larger than the largest tensor

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,23 @@ def _assign(entries: list[Entry], penalty: PenaltyArg, model: nn.Module) -> list
         for i in fresh:
             assigned[i] = pen
     return assigned
+
+
+RESOLUTION = {torch.bfloat16: 2.0**-9, torch.float16: 2.0**-12}
+
+
+def _gradient_scale(scale: object) -> Tensor | None:
+    """The factor the gradients currently carry, as a 0-dim tensor (None: unscaled)."""
+    if scale is None:
+        return None
+    if isinstance(scale, torch.amp.GradScaler):
+        if not scale.is_enabled():
+            return None
+        # the scale tensor itself (get_scale() would sync the device); None before scale()
+        return scale._get_scale_async()
+    if isinstance(scale, Tensor):
+        return scale
+    return torch.tensor(check_step(scale, "scale"))
 
 
 class _PenaltyTotal(torch.autograd.Function):
@@ -151,6 +169,7 @@ class Regularizer:
             )
         self.schedule = schedule
         self.steps = 0
+        self._warned: set[int] = set()
         self.factor = 1.0 if schedule is None else factor_at(schedule, 0)
         selected, self.frozen = select_entries(model, include, exclude, among=among)
         assigned = _assign(selected, penalty, model)
@@ -168,6 +187,29 @@ class Regularizer:
         self.steps += 1
         if self.schedule is not None:
             self.factor = factor_at(self.schedule, self.steps)
+
+    def warn_if_rounded_away(
+        self, penalty: Penalty, params: Sequence[Tensor], lr: object, mode: str
+    ) -> None:
+        """Warn once when a low-precision weight cannot register the step's relative shrink
+        (``lr * l2`` below half the format's resolution: bf16 2^-9, fp16 2^-12)."""
+        dtype = params[0].dtype
+        l2 = getattr(penalty, "l2_coef", 0.0)
+        if dtype not in RESOLUTION or not l2 or not isinstance(lr, int | float) or not lr:
+            return
+        relative = lr * l2 if mode == "decoupled" else lr * l2 / (1 + lr * l2)
+        if relative >= RESOLUTION[dtype] or id(params[0]) in self._warned:
+            return
+        names = [n for n, p in self.named_parameters() if any(p is q for q in params)]
+        self._warned.update(id(p) for p in params)
+        warnings.warn(
+            f"torchpenalty: {mode} step of {penalty!r} at lr={lr:g} shrinks {dtype} weights by "
+            f"{relative:.2g} per step, below their resolution ({RESOLUTION[dtype]:.2g}): the "
+            f"decay rounds away on {', '.join(names)}. Keep float32 master weights (e.g. train "
+            "in float32 under torch.autocast) or raise lr * lam",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def current(self, penalty: Penalty) -> Penalty:
         """``penalty`` at the schedule's current factor."""
@@ -255,15 +297,19 @@ class Regularizer:
             return _total([(b, self.current(b.penalty)) for b in self._buckets], self._params)
 
     # -- 2. gradient ------------------------------------------------------------------------
-    def add_to_grad_(self) -> None:
+    def add_to_grad_(self, scale: float | Tensor | torch.amp.GradScaler | None = None) -> None:
         """``p.grad += grad R(p)`` for every regularized ``p`` in place (``.grad`` made if None).
 
-        Gradients are edited in place, never replaced, so DDP bucket views stay valid.
+        Gradients are edited in place, never replaced, so DDP bucket views stay valid. With mixed
+        precision, call it after ``scaler.unscale_(optimizer)``, or before with
+        ``scale=scaler`` (the gradients are still scaled: the penalty gradient is scaled alike,
+        without a device sync); ``attach(optimizer, mode="grad")`` does the right thing by itself.
         """
+        scale = _gradient_scale(scale)
         with torch.no_grad():
             for b in self._buckets:
                 pen = self.current(b.penalty)
-                pen._add_grad_(b.params, [self._dense_grad(i) for i in b.indices])
+                pen._add_grad_(b.params, [self._dense_grad(i) for i in b.indices], scale)
 
     def _dense_grad(self, i: int) -> Tensor:
         p = self._params[i]
@@ -283,7 +329,9 @@ class Regularizer:
         lr = check_step(lr, "lr")
         with torch.no_grad():
             for b in self._buckets:
-                self.current(b.penalty)._decay_(b.params, lr)
+                pen = self.current(b.penalty)
+                self.warn_if_rounded_away(pen, b.params, lr, "decoupled")
+                pen._decay_(b.params, lr)
 
     def prox_(self, step: float | Tensor) -> None:
         """``w = prox(w, step)`` for every regularized ``w``, in place."""
@@ -291,7 +339,9 @@ class Regularizer:
         with torch.no_grad():
             for b in self._buckets:
                 b.penalty.check_prox()
-                self.current(b.penalty)._prox_(b.params, step)
+                pen = self.current(b.penalty)
+                self.warn_if_rounded_away(pen, b.params, step, "proximal")
+                pen._prox_(b.params, step)
 
     # -- optimizer hooks: the same steps at every optimizer.step() -----------------------------
     def attach(

@@ -150,10 +150,12 @@ class Penalty(ABC):
         """New tensors ``scale * grad R(w_i)``."""
         return [self.grad(w).mul_(scale) for w in ws]
 
-    def _add_grad_(self, ws: Sequence[Tensor], gs: Sequence[Tensor]) -> None:
-        """``g_i += grad R(w_i)``."""
+    def _add_grad_(
+        self, ws: Sequence[Tensor], gs: Sequence[Tensor], scale: Tensor | None = None
+    ) -> None:
+        """``g_i += scale * grad R(w_i)`` (``scale``: a GradScaler's, while grads are scaled)."""
         for w, g in zip(ws, gs, strict=True):
-            g.add_(self.grad(w))
+            g.add_(self.grad(w) if scale is None else self.grad(w) * scale)
 
     def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
         """``w_i -= lr * grad R(w_i)`` (decoupled decay)."""

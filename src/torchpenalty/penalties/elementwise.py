@@ -95,8 +95,10 @@ class Elementwise(Penalty):
         torch._foreach_mul_(out, scale)
         return out
 
-    def _add_grad_(self, ws: Sequence[Tensor], gs: Sequence[Tensor]) -> None:
-        kernels.add_grad_(ws, gs, self.l1_coef, self.l2_coef)
+    def _add_grad_(
+        self, ws: Sequence[Tensor], gs: Sequence[Tensor], scale: Tensor | None = None
+    ) -> None:
+        kernels.add_grad_(ws, gs, self.l1_coef, self.l2_coef, scale)
 
     def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
         kernels.decay_(ws, lr, self.l1_coef, self.l2_coef)
@@ -193,7 +195,9 @@ class Zero(Penalty):
     def _total_value(self, ws: Sequence[Tensor]) -> Tensor:
         return torch.zeros((), dtype=accumulation_dtype(ws[0].dtype), device=ws[0].device)
 
-    def _add_grad_(self, ws: Sequence[Tensor], gs: Sequence[Tensor]) -> None:
+    def _add_grad_(
+        self, ws: Sequence[Tensor], gs: Sequence[Tensor], scale: Tensor | None = None
+    ) -> None:
         pass
 
     def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
