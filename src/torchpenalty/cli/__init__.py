@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import compare, demo, sweep
-from .common import CommandError
+from .common import CommandError, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,21 @@ def _check_extras() -> None:
         )
 
 
+def resumed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The stopped run's own arguments, writing into the checkpoint's folder."""
+    state = load_checkpoint(args.resume)
+    saved = parser.parse_args(state["argv"])
+    if saved.command != args.command:
+        raise CommandError(
+            f"{args.resume}: a checkpoint of '{saved.command}', not '{args.command}'"
+        )
+    saved.argv = state["argv"]
+    saved.out = args.resume.parent
+    saved.quiet = args.quiet
+    saved.resume_state = state
+    return saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_extras()
@@ -41,9 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchpenalty: error: {exc}", file=sys.stderr)
         return 2
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    command_parser = parser._subparsers._group_actions[0].choices[args.command]
     try:
+        if getattr(args, "resume", None) is not None:
+            args = resumed(parser, args)
+        else:
+            args.argv = argv
+        command_parser = parser._subparsers._group_actions[0].choices[args.command]
         return args.handler(args, command_parser)
     except CommandError as exc:
         print(f"torchpenalty: error: {exc}", file=sys.stderr)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 import torchpenalty
@@ -21,8 +24,10 @@ from torchpenalty.experiments.results import environment
 from torchpenalty.experiments.training import (
     MODES,
     Contender,
+    EpochRecord,
     RunResult,
     TrainConfig,
+    build_model,
     clone_state,
     make_optimizer,
     optimizer_classes,
@@ -179,6 +184,13 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
         help="output folder (default runs/<command>-<timestamp>/)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="continue a stopped run from its checkpoint.pt (written after every "
+        "epoch); the run's own flags are read from it",
+    )
 
 
 def add_compact_flag(parser: argparse.ArgumentParser) -> None:
@@ -312,7 +324,8 @@ def _jsonable(value: Any) -> Any:
 
 def flags(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed flags as JSON-able values, recorded in results.json."""
-    return {k: _jsonable(v) for k, v in vars(args).items() if k != "handler"}
+    skip = {"handler", "argv", "resume_state"}
+    return {k: _jsonable(v) for k, v in vars(args).items() if k not in skip}
 
 
 def data_summary(data: datasets.Dataset) -> dict[str, Any]:
@@ -331,24 +344,81 @@ def echo(*parts: object, file=None) -> None:
     print(*parts, file=file or sys.stdout, flush=True)
 
 
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KIND = "torchpenalty-checkpoint"
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically: a temporary file in the same folder, then a rename over the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by `train_all`, or a one-line `CommandError` saying what is wrong."""
+    if not path.is_file():
+        raise CommandError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, garbage bytes, a pickle with foreign objects
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"{path}: not a readable checkpoint ({reason[:160]})") from None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise CommandError(f"{path}: not a torchpenalty checkpoint (a torch file of another kind)")
+    if state.get("version") != 1:
+        raise CommandError(f"{path}: checkpoint version {state.get('version')!r} is not supported")
+    return state
+
+
 def train_all(
     args: argparse.Namespace,
     data: datasets.Dataset,
     config: TrainConfig,
     contenders: Sequence[Contender],
     seed_list: Sequence[int],
+    out: Path,
     *,
     warm_start: bool = False,
 ) -> tuple[list[RunResult], dict[str, nn.Module], bool]:
     """Every contender with every seed, in order. Returns the finished runs, each contender's
     model from its first seed, and whether Ctrl-C stopped it (the finished runs are kept).
-    With ``warm_start`` each run starts from the previous contender's weights (same seed)."""
+    With ``warm_start`` each run starts from the previous contender's weights (same seed).
+
+    After every epoch the whole state goes to ``out/checkpoint.pt``; ``args.resume_state``
+    (from ``--resume``) continues from there to bitwise the same results.
+    """
+    resume = getattr(args, "resume_state", None) or {}
+    checkpoint = {
+        "kind": CHECKPOINT_KIND,
+        "version": 1,
+        "argv": list(args.argv),
+        "completed": list(resume.get("completed", [])),
+        "current": None,
+    }
     results: list[RunResult] = []
     first_models: dict[str, nn.Module] = {}
     previous: dict[int, dict] = {}
+    pending = resume.get("current")
     try:
-        for c in contenders:
-            for seed in seed_list:
+        for index, (c, seed) in enumerate((c, s) for c in contenders for s in seed_list):
+            if index < len(checkpoint["completed"]):
+                saved = checkpoint["completed"][index]
+                result = RunResult(
+                    c.label,
+                    seed,
+                    [EpochRecord(**r) for r in saved["history"]],
+                    saved["wall_time"],
+                    model=build_model(data, config, seed),
+                )
+                result.model.load_state_dict(saved["model"])
+            else:
+
+                def on_epoch(state: dict, index: int = index) -> None:
+                    checkpoint["current"] = {"index": index, "state": state}
+                    save_checkpoint(out / CHECKPOINT, checkpoint)
+
+                state = pending["state"] if pending and pending["index"] == index else None
                 result = run(
                     data,
                     c,
@@ -357,14 +427,25 @@ def train_all(
                     progress=not args.quiet,
                     init_state=previous.get(seed),
                     keep_model=True,
+                    resume=state,
+                    on_epoch=on_epoch,
                 )
-                if warm_start:
-                    previous[seed] = clone_state(result.model)
-                if seed == seed_list[0]:
-                    first_models[c.label] = result.model
-                result.model = None
-                results.append(result)
-                finished(args, result)
+                checkpoint["completed"].append(
+                    {
+                        "history": [dataclasses.asdict(r) for r in result.history],
+                        "wall_time": result.wall_time,
+                        "model": result.model.state_dict(),
+                    }
+                )
+                checkpoint["current"] = None
+                save_checkpoint(out / CHECKPOINT, checkpoint)
+            if warm_start:
+                previous[seed] = clone_state(result.model)
+            if seed == seed_list[0]:
+                first_models[c.label] = result.model
+            result.model = None
+            results.append(result)
+            finished(args, result)
     except KeyboardInterrupt:
         echo(f"\ninterrupted: keeping the {len(results)} finished run(s)", file=sys.stderr)
         return results, first_models, True

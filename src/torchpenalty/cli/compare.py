@@ -128,7 +128,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for c in entrants:
         common.echo(f"  {c.label}: {c.describe()}")
 
-    results, final_models, interrupted = common.train_all(args, data, config, entrants, seed_list)
+    results, final_models, interrupted = common.train_all(
+        args, data, config, entrants, seed_list, out
+    )
     if not results:
         return 130
 

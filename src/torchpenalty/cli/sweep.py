@@ -117,7 +117,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
 
     results, first_models, interrupted = common.train_all(
-        args, data, config, entrants, seed_list, warm_start=args.warm_start
+        args, data, config, entrants, seed_list, out, warm_start=args.warm_start
     )
     if not results:
         return 130

@@ -166,8 +166,15 @@ def run(
     progress: bool = True,
     init_state: Mapping[str, torch.Tensor] | None = None,
     keep_model: bool = False,
+    resume: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Train one model; returns its per-epoch history (figures synced once per epoch)."""
+    """Train one model; returns its per-epoch history (figures synced once per epoch).
+
+    ``on_epoch`` receives, after every epoch, everything needed to continue the run exactly
+    (weights, optimizer and regularizer state, both random generators, the history so far);
+    ``resume`` takes that dict back and continues to bitwise the same result.
+    """
     from tqdm.auto import tqdm
 
     device = torch.device(config.device)
@@ -202,9 +209,19 @@ def run(
     loss_fn = loss_function(data)
     shuffle = torch.Generator().manual_seed(seed)
     history: list[EpochRecord] = []
-    start = time.perf_counter()
+    first_epoch, elapsed = 1, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if reg is not None:
+            reg.load_state_dict(resume["regularizer"])
+        shuffle.set_state(resume["shuffle"])
+        torch.set_rng_state(resume["rng"])
+        history = [EpochRecord(**r) for r in resume["history"]]
+        first_epoch, elapsed = resume["epoch"] + 1, resume["elapsed"]
+    start = time.perf_counter() - elapsed
     bar = tqdm(
-        range(1, config.epochs + 1),
+        range(first_epoch, config.epochs + 1),
         desc=contender.label,
         unit="epoch",
         disable=not progress,
@@ -236,6 +253,19 @@ def run(
             EpochRecord(epoch, *figures, norm, report.zero_fraction, report.zero_units, zero_groups)
         )
         metric = "acc" if data.task == "classification" else "mse"
+        if on_epoch is not None:
+            on_epoch(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "regularizer": None if reg is None else reg.state_dict(),
+                    "shuffle": shuffle.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "history": [dataclasses.asdict(r) for r in history],
+                    "elapsed": time.perf_counter() - start,
+                }
+            )
         bar.set_postfix(
             loss=f"{figures[0]:.4g}",
             penalty=f"{figures[1]:.3g}",
