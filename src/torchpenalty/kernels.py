@@ -116,9 +116,11 @@ def _scalar(value: Scalar, like: Tensor) -> Tensor:
 
 
 # -- compiled kernels: one fused loop per tensor, no temporaries ---------------------------------
-def _fused_grad(gs: list[Tensor], ws: list[Tensor], l1: Tensor, l2: Tensor) -> None:
+# `has_l2` is a Python bool, so each value compiles its own graph: a term with strength 0 is
+# left out rather than multiplied by 0 (which would turn an infinite weight into NaN).
+def _fused_grad(gs: list[Tensor], ws: list[Tensor], l1: Tensor, l2: Tensor, has_l2: bool) -> None:
     for g, w in zip(gs, ws, strict=True):
-        g.add_(torch.sign(w) * l1 + w * l2)
+        g.add_(torch.sign(w) * l1 + w * l2 if has_l2 else torch.sign(w) * l1)
 
 
 def _fused_decay(ws: list[Tensor], l1_lr: Tensor, shrink: Tensor) -> None:
@@ -132,11 +134,12 @@ def _fused_prox(ws: list[Tensor], threshold: Tensor, divisor: Tensor) -> None:
         w.copy_((w - w.clamp(-threshold, threshold)) / divisor)
 
 
-def _fused_value(ws: list[Tensor], l1: Tensor, half_l2: Tensor) -> Tensor:
+def _fused_value(ws: list[Tensor], l1: Tensor, half_l2: Tensor, has_l2: bool) -> Tensor:
     total = torch.zeros((), dtype=torch.float32, device=ws[0].device)
     for w in ws:
         w32 = w.float()
-        total = total + (w32.abs().sum() * l1 + (w32 * w32).sum() * half_l2)
+        term = w32.abs().sum() * l1
+        total = total + (term + (w32 * w32).sum() * half_l2 if has_l2 else term)
     return total
 
 
@@ -181,7 +184,9 @@ def add_grad_(
         _add_scaled_grad_(ws, gs, l1, l2, scale)
         return
     if l1 and _use_compiled(_fused_grad, ws):
-        ok, _ = _run_compiled(_fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]), _scalar(l2, ws[0]))
+        ok, _ = _run_compiled(
+            _fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]), _scalar(l2, ws[0]), bool(l2)
+        )
         if ok:
             return
     if l2:
@@ -198,7 +203,7 @@ def _add_scaled_grad_(
     if _use_compiled(_fused_grad, ws):
         s = _scalar(scale, ws[0])
         ok, _ = _run_compiled(
-            _fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]) * s, _scalar(l2, ws[0]) * s
+            _fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]) * s, _scalar(l2, ws[0]) * s, bool(l2)
         )
         if ok:
             return
@@ -276,7 +281,7 @@ def value(ws: Sequence[Tensor], l1: float, l2: float) -> Tensor:
     dtype = torch.promote_types(ws[0].dtype, torch.float32)
     if l1 and dtype == torch.float32 and _use_compiled(_fused_value, ws):
         ok, total = _run_compiled(
-            _fused_value, *_lists(ws), _scalar(l1, ws[0]), _scalar(l2 / 2, ws[0])
+            _fused_value, *_lists(ws), _scalar(l1, ws[0]), _scalar(l2 / 2, ws[0]), bool(l2)
         )
         if ok:
             return total

@@ -46,25 +46,19 @@ def _merge_elementwise(terms: Sequence[Elementwise]) -> Penalty:
 
 
 def _merge_groups(terms: Sequence[Penalty], l1: float) -> tuple[list[Penalty], float]:
-    """Add up group penalties with the same groups and scale; fold ``l1`` into the group penalty
-    when there is exactly one (``L1 + GroupLasso`` is ``SparseGroupLasso``). Returns the merged
-    terms and the ``l1`` left over."""
-    merged: dict[tuple, list[float]] = {}
+    """Add up group penalties with the same groups and scale, and fold the total ``l1`` (the
+    elementwise one plus every sparse group lasso's) into the group penalty when there is exactly
+    one grouping (``L1 + GroupLasso`` is ``SparseGroupLasso``). Pooling ``l1`` first keeps ``+``
+    associative. Returns the merged terms and the ``l1`` left over."""
+    merged: dict[tuple, float] = {}
     for t in terms:
         key = (t.groups, t.scale)
-        l1_sum, group_sum = merged.get(key, [0.0, 0.0])
-        merged[key] = [l1_sum + t._l1, group_sum + t._group]
+        merged[key] = merged.get(key, 0.0) + t._group
+        l1 += t._l1
     if len(merged) == 1 and l1:
-        (key,) = merged
-        merged[key][0] += l1
-        l1 = 0.0
-    out: list[Penalty] = []
-    for (groups, scale), (l1_sum, group_sum) in merged.items():
-        if l1_sum:
-            out.append(SparseGroupLasso(l1_sum, group_sum, groups, scale))
-        else:
-            out.append(GroupLasso(group_sum, groups, scale))
-    return out, l1
+        (((groups, scale), group),) = merged.items()
+        return [SparseGroupLasso(l1, group, groups, scale)], 0.0
+    return [GroupLasso(group, groups, scale) for (groups, scale), group in merged.items()], l1
 
 
 def combine(*penalties: Penalty) -> Penalty:

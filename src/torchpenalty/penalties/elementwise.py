@@ -29,6 +29,13 @@ from .base import Penalty, Scalar, accumulation_dtype, check_input
 DEFAULT_STRENGTH = 0.01  # Keras' default for its L1/L2/L1L2 regularizers
 
 
+def sign(w: ArrayLike) -> ArrayLike:
+    """``sign(w)`` with 0 at 0 and NaN at NaN (``torch.sign`` gives 0 at NaN, NumPy NaN)."""
+    if isinstance(w, Tensor):
+        return torch.where(torch.isnan(w), w, torch.sign(w))
+    return np.sign(w)
+
+
 def soft_threshold(w: ArrayLike, t: Scalar) -> ArrayLike:
     """``sign(w) * max(|w| - t, 0)``, computed as ``w - clip(w, -t, t)`` (no sign, exact zeros)."""
     return w - xp(w).clip(w, -t, t)
@@ -68,10 +75,12 @@ class Elementwise(Penalty):
 
     def grad(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
-        out = self.l2_coef * w
+        # only the terms present: 0 * w would turn an infinite weight into NaN
+        if self.l1_coef and self.l2_coef:
+            return self.l2_coef * w + self.l1_coef * sign(w)
         if self.l1_coef:
-            out = out + self.l1_coef * xp(w).sign(w)
-        return out
+            return self.l1_coef * sign(w)
+        return self.l2_coef * w
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
         step = check_input(w, step)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import ArrayLike, check_strength, xp
+from .._checks import ArrayLike, check_strength
 from .base import Penalty, Scalar, check_input
-from .elementwise import DEFAULT_STRENGTH, soft_threshold
+from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
 
 GROUPINGS = ("rows", "cols", "tensor")
 SCALES = ("none", "sqrt_size")
@@ -115,10 +115,11 @@ class Grouping:
 
     def inverse_norms(self) -> ArrayLike:
         """``1 / ||w_g||`` broadcast to ``w``, 0 where the norm is 0."""
-        n = self.norms
+        n = self.norms  # a NaN norm stays NaN, so a group holding NaN becomes NaN, not unshrunk
         if self.is_torch:
-            return torch.where(n > 0, n, torch.inf).reciprocal()
-        return np.where(n > 0, 1.0 / np.where(n > 0, n, 1.0), 0.0).astype(n.dtype)
+            return torch.where(n == 0, torch.inf, n).reciprocal()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(n == 0, 0.0, 1.0 / np.where(n == 0, 1.0, n)).astype(n.dtype)
 
     def shrink_factor(self, threshold: Scalar) -> ArrayLike:
         """``max(0, 1 - threshold * c_g / ||w_g||)``; zero groups stay zero."""
@@ -166,7 +167,7 @@ class _GroupBase(Penalty):
         g = self.grouping(w)
         out = w * (self._group * g.coef * g.inverse_norms())
         if self._l1:
-            out = out + self._l1 * xp(w).sign(w)
+            out = out + self._l1 * sign(w)
         return out
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
