@@ -135,14 +135,18 @@ def attach(
             for s in current_plan():
                 pen = reg.current(s.penalty)
                 reg.warn_if_rounded_away(pen, s.params, s.group["lr"], "decoupled")
-                pen._decay_(s.params, lr_of(opt, s.group))
+                ws, _, context = reg._on_shards(s.params)
+                with context:
+                    pen._decay_(ws, lr_of(opt, s.group))
 
     def proximal_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for s in current_plan():
                 pen = reg.current(s.penalty)
                 reg.warn_if_rounded_away(pen, s.params, s.group["lr"], "proximal")
-                pen._prox_(s.params, lr_of(opt, s.group))
+                ws, _, context = reg._on_shards(s.params)
+                with context:
+                    pen._prox_(ws, lr_of(opt, s.group))
 
     if mode == "grad":
         hooks = [optimizer.register_step_pre_hook(grad_hook)]

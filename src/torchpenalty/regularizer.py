@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from . import kernels
+from . import distributed, kernels
 from ._checks import check_step
 from .penalties import Penalty, parse
 from .schedules import Schedule, ScheduleLike, factor_at
@@ -178,6 +179,7 @@ class Regularizer:
             p.check_tensor(e.name, e.param)
         self._names = [e.name for e, _ in kept]
         self._params = [e.param for e, _ in kept]
+        self._shard_group = distributed.group_of(self._params)  # FSDP2: None when unsharded
         self._set_penalties([p for _, p in kept])
         self._attachments: dict[int, AttachHandle] = {}
 
@@ -243,19 +245,31 @@ class Regularizer:
     def __len__(self) -> int:
         return len(self._params)
 
+    def _on_shards(self, params: Sequence[Tensor], grads: Sequence[Tensor] | None = None):
+        """Local tensors of ``params`` (and ``grads``) and a context naming what they shard;
+        plain tensors and a null context when nothing is sharded."""
+        if self._shard_group is None:
+            return list(params), grads, contextlib.nullcontext()
+        ws = [distributed.local(p) for p in params]
+        gs = None if grads is None else [distributed.local(g) for g in grads]
+        return ws, gs, distributed.shards(params, ws)
+
     def check_finite(self) -> None:
         """Raise `FloatingPointError` naming every regularized parameter holding NaN or Inf.
 
         One pass per tensor (its max-abs norm, NaN/Inf if any element is) and one device sync.
         """
         with torch.no_grad():
-            flags = [
-                torch.isfinite(torch.stack(torch._foreach_norm(b.params, float("inf"))))
-                for b in self._buckets
-            ]
-            ok = torch.cat([f.to(flags[0].device) for f in flags]).tolist()  # the one sync
-        order = [i for b in self._buckets for i in b.indices]
-        bad = sorted((i for i, fine in zip(order, ok, strict=True) if not fine))
+            if self._shard_group is not None:
+                bad = [i for i, b in enumerate(distributed.global_nonfinite(self)) if b]
+            else:
+                flags = [
+                    torch.isfinite(torch.stack(torch._foreach_norm(b.params, float("inf"))))
+                    for b in self._buckets
+                ]
+                ok = torch.cat([f.to(flags[0].device) for f in flags]).tolist()  # the one sync
+                order = [i for b in self._buckets for i in b.indices]
+                bad = sorted(i for i, fine in zip(order, ok, strict=True) if not fine)
         if bad:
             raise FloatingPointError(
                 "non-finite values (NaN or Inf) in regularized parameters: "
@@ -271,6 +285,12 @@ class Regularizer:
         ``params`` optionally maps canonical names to tensors to evaluate instead of the bound
         parameters (``torch.func.functional_call`` style); other keys are ignored.
         """
+        if self._shard_group is not None:
+            raise ValueError(
+                "loss mode (reg()) is not supported on FSDP2-sharded parameters: use "
+                "reg.attach(optimizer, mode='grad'), the same gradient without autograd, and "
+                "reg.value() for the (global) penalty to log"
+            )
         tensors = self._params if params is None else self._lookup(params)
         return _sum(
             [
@@ -294,6 +314,8 @@ class Regularizer:
     def value(self) -> Tensor:
         """The total penalty as a 0-dim tensor: no autograd, no device sync."""
         with torch.no_grad():
+            if self._shard_group is not None:
+                return distributed.global_value(self)
             return _total([(b, self.current(b.penalty)) for b in self._buckets], self._params)
 
     # -- 2. gradient ------------------------------------------------------------------------
@@ -309,7 +331,10 @@ class Regularizer:
         with torch.no_grad():
             for b in self._buckets:
                 pen = self.current(b.penalty)
-                pen._add_grad_(b.params, [self._dense_grad(i) for i in b.indices], scale)
+                grads = [self._dense_grad(i) for i in b.indices]
+                ws, gs, context = self._on_shards(b.params, grads)
+                with context:
+                    pen._add_grad_(ws, gs, scale)
 
     def _dense_grad(self, i: int) -> Tensor:
         p = self._params[i]
@@ -331,7 +356,9 @@ class Regularizer:
             for b in self._buckets:
                 pen = self.current(b.penalty)
                 self.warn_if_rounded_away(pen, b.params, lr, "decoupled")
-                pen._decay_(b.params, lr)
+                ws, _, context = self._on_shards(b.params)
+                with context:
+                    pen._decay_(ws, lr)
 
     def prox_(self, step: float | Tensor) -> None:
         """``w = prox(w, step)`` for every regularized ``w``, in place."""
@@ -341,7 +368,9 @@ class Regularizer:
                 b.penalty.check_prox()
                 pen = self.current(b.penalty)
                 self.warn_if_rounded_away(pen, b.params, step, "proximal")
-                pen._prox_(b.params, step)
+                ws, _, context = self._on_shards(b.params)
+                with context:
+                    pen._prox_(ws, step)
 
     # -- optimizer hooks: the same steps at every optimizer.step() -----------------------------
     def attach(
@@ -365,6 +394,8 @@ class Regularizer:
 
         Synchronizes the device once.
         """
+        if self._shard_group is not None:
+            return distributed.global_report(self)
         from .reporting import report
 
         return report(self)

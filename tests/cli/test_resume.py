@@ -47,14 +47,20 @@ def cli(*args: str, **kwargs) -> subprocess.Popen:
 def test_a_killed_run_resumes_to_the_same_weights_and_numbers(tmp_path):
     straight = cli(*ARGS, "--out", tmp_path / "straight")
     killed = cli(*ARGS, "--out", tmp_path / "killed")
-    for line in killed.stdout:  # kill it while the second contender trains
-        if line.startswith("finished none"):
-            time.sleep(0.5)
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill it once the second contender is under way
+        try:
+            state = torch.load(checkpoint, weights_only=True)
+        except (FileNotFoundError, RuntimeError, EOFError):
+            state = None
+        current = state and state["current"]
+        if current and current["index"] == 1 and current["state"]["epoch"] >= 5:
             killed.send_signal(signal.SIGKILL)
             break
+        time.sleep(0.05)
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
     state = torch.load(checkpoint, weights_only=True)  # loads as plain tensors and containers
     assert len(state["completed"]) == 1 and state["current"]["state"]["epoch"] < 200
     assert not (tmp_path / "killed" / "results.json").exists()

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .._checks import ArrayLike, check_strength
+from ..distributed import all_reduce_sum, shard_info
 from .base import Penalty, Scalar, check_input
 from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
 
@@ -62,7 +63,11 @@ class Grouping:
 
     def __init__(self, groups: GroupSpec, scale: str, w: ArrayLike) -> None:
         self.is_torch = isinstance(w, Tensor)
+        shard = shard_info(w) if self.is_torch else None
+        self.spans_shards = False
         if callable(groups):
+            if shard is not None:
+                raise ValueError("callable groups are not supported on sharded (FSDP2) parameters")
             self._by_index(groups(w), scale, w)
             return
         if groups == "tensor" or w.ndim == 0:
@@ -77,7 +82,15 @@ class Grouping:
             dims = (0, *range(2, w.ndim))
         size = math.prod(w.shape[d] for d in dims)
         self.count = math.prod(w.shape) // size if size else 0
-        if self.is_torch:
+        if shard is not None and shard[0] in dims:
+            # the group spans shards: add the partial squared norms of all shards first
+            dim, process_group, global_length = shard
+            acc = torch.promote_types(w.dtype, torch.float32)
+            partial = (w * w).sum(dim=dims, keepdim=True, dtype=acc)
+            self.norms = all_reduce_sum(partial, process_group).sqrt().to(w.dtype)
+            size = math.prod(w.shape[d] if d != dim else global_length for d in dims)
+            self.spans_shards = True
+        elif self.is_torch:
             # vector_norm's backward is 0 (not NaN) at a zero group: value() stays differentiable
             self.norms = torch.linalg.vector_norm(w, 2, dim=dims, keepdim=True)
         else:
