@@ -11,7 +11,7 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-TORCHRUN = "# train.py, run with: torchrun"
+TORCHRUN = ("# train.py, run with: torchrun", "# fsdp.py, run with: torchrun")
 
 
 def test_readme_has_examples():
@@ -24,7 +24,7 @@ def test_readme_example_runs(index, tmp_path):
     if not code.startswith(TORCHRUN):
         exec(compile(code, f"README.md block {index}", "exec"), {})
         return
-    script = tmp_path / "train.py"
+    script = tmp_path / code.split(",")[0].removeprefix("# ")
     script.write_text(code)
     command = [
         sys.executable,
