@@ -42,7 +42,10 @@ def full(model: nn.Module) -> list[torch.Tensor]:
 
 
 def full_grads(model: nn.Module) -> list[torch.Tensor]:
-    return [p.grad.full_tensor() for p in model.parameters()]
+    return [
+        p.grad.full_tensor() if p.grad is not None else torch.zeros(p.shape, dtype=p.dtype)
+        for p in model.parameters()
+    ]
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -109,11 +112,30 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             opt.step()
             ref.prox_(0.5)
             step["attached"] = (full(sharded), [p.detach().clone() for p in reference.parameters()])
+            # loss mode: reg() on the shards, backward into the sharded .grad
+            for p, q in zip(reference.parameters(), sharded.parameters(), strict=True):
+                p.grad, q.grad = None, None
+            loss_ref, loss_ours = ref(), ours()
+            loss_ref.backward()
+            loss_ours.backward()
+            step["loss"] = (
+                loss_ours.item(),
+                loss_ref.item(),
+                full_grads(sharded),
+                [torch.zeros_like(p) if p.grad is None else p.grad for p in reference.parameters()],
+            )
             results[k] = step
-        try:
-            Regularizer(sharded, L1(0.1))()
-        except ValueError as exc:
-            results["loss_mode"] = str(exc)
+        refusals = []
+        by_parity = lambda w: (torch.arange(w.numel()) % 2).reshape(w.shape)  # noqa: E731
+        for call in (
+            lambda: Regularizer(sharded, GroupLasso(0.1, by_parity)).prox_(0.1),
+            lambda: Regularizer(sharded, L1(0.1))({"0.weight": torch.ones(7, 5)}),
+        ):
+            try:
+                call()
+            except ValueError as exc:
+                refusals.append(str(exc))
+        results["refusals"] = refusals
         with torch.no_grad():
             sharded[0].weight.to_local().view(-1)[0] = float("nan")
         try:
@@ -146,6 +168,15 @@ def test_every_path_on_shards_equals_the_unsharded_model(fsdp_results, k):
         assert value == pytest.approx(expected, rel=1e-12)
         for path in ("grads", "decay", "prox", "attached"):
             close(*step[path])
+        loss_ours, loss_ref, grads_ours, grads_ref = step["loss"]
+        assert loss_ours == pytest.approx(loss_ref, rel=1e-12)
+        close(
+            grads_ours,
+            [
+                g if g is not None else torch.zeros_like(o)
+                for g, o in zip(grads_ref, grads_ours, strict=True)
+            ],
+        )
 
 
 @pytest.mark.parametrize("k", range(len(PENALTIES)), ids=[repr(p) for p in PENALTIES])
@@ -166,7 +197,13 @@ def test_global_figures_match_and_batch_their_collectives(fsdp_results, k):
     assert report_calls == 1 + 2 * per_tensor  # report also re-derives group stats
 
 
-def test_loss_mode_refuses_shards_and_check_finite_finds_nan(fsdp_results):
+def test_check_finite_finds_nan_on_a_shard(fsdp_results):
     for results in fsdp_results:
-        assert "attach(optimizer, mode='grad')" in results["loss_mode"]
         assert "0.weight" in results["finite"]
+
+
+def test_unsupported_uses_of_shards_are_clear_errors(fsdp_results):
+    for results in fsdp_results:
+        callable_groups, functional = results["refusals"]
+        assert "callable groups are not supported on sharded (FSDP2) parameters" in callable_groups
+        assert "params= is not supported on FSDP2-sharded parameters" in functional

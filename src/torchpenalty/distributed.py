@@ -193,3 +193,33 @@ def global_nonfinite(reg: Any) -> list[bool]:
     ]
     flags = all_reduce_sum(torch.stack(counts), reg._shard_group).tolist()
     return [c > 0 for c in flags]
+
+
+class ShardedPenaltyTotal(torch.autograd.Function):
+    """Loss mode on DTensor parameters: the global penalty (one all-reduce of the local shares)
+    as a plain 0-dim tensor; backward returns each shard's closed-form gradient as a DTensor of
+    the parameter's placement, so autograd accumulates it into the sharded ``.grad``."""
+
+    @staticmethod
+    def forward(ctx: Any, penalty: Any, group: Any, *params: Tensor) -> Tensor:
+        ctx.penalty, ctx.params = penalty, params
+        world = torch.distributed.get_world_size(group)
+        ws = [local(p).detach() for p in params]  # registered as they are used: by identity
+        with shards(params, ws):
+            shares = [_local_value(penalty, w, world) for w in ws]
+        acc = torch.promote_types(ws[0].dtype, torch.float32)
+        return all_reduce_sum(torch.stack([s.to(acc) for s in shares]), group).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        from torch.distributed.tensor import DTensor
+
+        params = ctx.params
+        ws = [local(p).detach() for p in params]
+        with shards(params, ws):
+            grads = ctx.penalty._grads(ws, grad_out.to(ws[0].device))
+        out = [
+            DTensor.from_local(g, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+            for p, g in zip(params, grads, strict=True)
+        ]
+        return (None, None, *out)

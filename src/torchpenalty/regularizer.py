@@ -286,10 +286,15 @@ class Regularizer:
         parameters (``torch.func.functional_call`` style); other keys are ignored.
         """
         if self._shard_group is not None:
-            raise ValueError(
-                "loss mode (reg()) is not supported on FSDP2-sharded parameters: use "
-                "reg.attach(optimizer, mode='grad'), the same gradient without autograd, and "
-                "reg.value() for the (global) penalty to log"
+            if params is not None:
+                raise ValueError("params= is not supported on FSDP2-sharded parameters")
+            return _sum(
+                [
+                    distributed.ShardedPenaltyTotal.apply(
+                        self.current(b.penalty), self._shard_group, *b.params
+                    )
+                    for b in self._buckets
+                ]
             )
         tensors = self._params if params is None else self._lookup(params)
         return _sum(

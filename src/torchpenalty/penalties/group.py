@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .._checks import ArrayLike, check_strength
-from ..distributed import all_reduce_sum, shard_info
+from ..distributed import all_reduce_sum, is_dtensor, shard_info
 from .base import Penalty, Scalar, check_input
 from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
 
@@ -163,6 +163,13 @@ class _GroupBase(Penalty):
         return Grouping(self.groups, self.scale, w)
 
     def check_tensor(self, name: str, w: Tensor) -> None:
+        if is_dtensor(w):
+            if callable(self.groups):
+                raise ValueError(
+                    f"{self!r} cannot apply to {name!r}: callable groups are not supported on "
+                    "sharded (FSDP2) parameters"
+                )
+            w = w.to_local()
         try:
             self.grouping(w.detach())
         except ValueError as exc:
