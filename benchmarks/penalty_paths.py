@@ -38,6 +38,7 @@ from models import SETS, ResNet18
 
 import torchpenalty
 from torchpenalty import L1, L2, Regularizer
+from torchpenalty.experiments.memory import peak_extra_bytes
 
 LAM = 1e-4
 LR = 0.1
@@ -85,28 +86,7 @@ def _once(fn, device: torch.device) -> float:
 
 
 def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Memory allocated beyond what already exists, at the call's peak."""
-    if device.type == "cuda":
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 1e6
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        fn()
-    timeline = []
-    for e in prof.events():
-        if e.name == "[memory]":
-            timeline.append((e.time_range.start, e.cpu_memory_usage))
-        elif e.self_cpu_memory_usage:
-            timeline.append((e.time_range.start, e.self_cpu_memory_usage))
-    current = peak = 0
-    for _, delta in sorted(timeline):
-        current += delta
-        peak = max(peak, current)
-    return peak / 1e6
+    return peak_extra_bytes(fn, device) / 1e6
 
 
 # -- floors: one compiled pass over the same tensors -------------------------------------------

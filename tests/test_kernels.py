@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchpenalty import L1, L2, ElasticNet, Regularizer, kernels
+from torchpenalty.experiments.memory import peak_extra_bytes
 
 SHAPES = [(7, 5), (3, 4, 2, 2), (11,), (), (0,), (0, 3), (300, 70)]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16]
@@ -138,25 +139,6 @@ def test_changing_lr_and_strength_does_not_recompile():
         assert unique_graphs() == before
     finally:
         kernels.set_backend("auto")
-
-
-def peak_extra_bytes(fn) -> int:
-    """What ``fn`` allocates beyond what exists, at its peak (the profiler's memory events)."""
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        fn()
-    timeline = []
-    for e in prof.events():
-        if e.name == "[memory]":
-            timeline.append((e.time_range.start, e.cpu_memory_usage))
-        elif e.self_cpu_memory_usage:
-            timeline.append((e.time_range.start, e.self_cpu_memory_usage))
-    current = peak = 0
-    for _, delta in sorted(timeline):
-        current += delta
-        peak = max(peak, current)
-    return peak
 
 
 @pytest.mark.parametrize("penalty", [L1(1e-3), L2(1e-3), ElasticNet(1e-3, 1e-3)], ids=repr)

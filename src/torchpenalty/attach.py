@@ -130,30 +130,17 @@ def attach(
         found_inf = getattr(opt, "found_inf", None)  # a step the fused optimizer will skip
         return group["lr"] if found_inf is None else group["lr"] * (1 - found_inf)
 
-    def decoupled_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def step_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for s in current_plan():
-                pen = reg.current(s.penalty)
-                reg.warn_if_rounded_away(pen, s.params, s.group["lr"], "decoupled")
-                ws, _, context = reg._on_shards(s.params)
-                with context:
-                    pen._decay_(ws, lr_of(opt, s.group))
-
-    def proximal_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        with torch.no_grad():
-            for s in current_plan():
-                pen = reg.current(s.penalty)
-                reg.warn_if_rounded_away(pen, s.params, s.group["lr"], "proximal")
-                ws, _, context = reg._on_shards(s.params)
-                with context:
-                    pen._prox_(ws, lr_of(opt, s.group))
+                reg._apply_step(s.penalty, s.params, lr_of(opt, s.group), mode, s.group["lr"])
 
     if mode == "grad":
         hooks = [optimizer.register_step_pre_hook(grad_hook)]
     elif mode == "decoupled":
-        hooks = [optimizer.register_step_pre_hook(decoupled_hook)]
+        hooks = [optimizer.register_step_pre_hook(step_hook)]
     else:
-        hooks = [optimizer.register_step_post_hook(proximal_hook)]
+        hooks = [optimizer.register_step_post_hook(step_hook)]
     if reg.schedule is not None and not any(h.advances for h in reg._attachments.values()):
         hooks.append(optimizer.register_step_post_hook(lambda opt, a, k: reg.step()))
         advances = True

@@ -245,6 +245,18 @@ class Regularizer:
     def __len__(self) -> int:
         return len(self._params)
 
+    def _apply_step(
+        self, penalty: Penalty, params: Sequence[Tensor], lr: Any, mode: str, nominal_lr: Any = None
+    ) -> None:
+        """One decoupled (``w -= lr * grad R``) or proximal (``w = prox(w, lr)``) step of
+        ``penalty`` at its current strength, on the local shards when sharded. ``nominal_lr`` is
+        the group's lr when ``lr`` is an adjusted tensor (for the low-precision warning)."""
+        pen = self.current(penalty)
+        self.warn_if_rounded_away(pen, params, lr if nominal_lr is None else nominal_lr, mode)
+        ws, _, context = self._on_shards(params)
+        with context:
+            (pen._decay_ if mode == "decoupled" else pen._prox_)(ws, lr)
+
     def _on_shards(self, params: Sequence[Tensor], grads: Sequence[Tensor] | None = None):
         """Local tensors of ``params`` (and ``grads``) and a context naming what they shard;
         plain tensors and a null context when nothing is sharded."""
@@ -359,11 +371,7 @@ class Regularizer:
         lr = check_step(lr, "lr")
         with torch.no_grad():
             for b in self._buckets:
-                pen = self.current(b.penalty)
-                self.warn_if_rounded_away(pen, b.params, lr, "decoupled")
-                ws, _, context = self._on_shards(b.params)
-                with context:
-                    pen._decay_(ws, lr)
+                self._apply_step(b.penalty, b.params, lr, "decoupled")
 
     def prox_(self, step: float | Tensor) -> None:
         """``w = prox(w, step)`` for every regularized ``w``, in place."""
@@ -371,11 +379,7 @@ class Regularizer:
         with torch.no_grad():
             for b in self._buckets:
                 b.penalty.check_prox()
-                pen = self.current(b.penalty)
-                self.warn_if_rounded_away(pen, b.params, step, "proximal")
-                ws, _, context = self._on_shards(b.params)
-                with context:
-                    pen._prox_(ws, step)
+                self._apply_step(b.penalty, b.params, step, "proximal")
 
     # -- optimizer hooks: the same steps at every optimizer.step() -----------------------------
     def attach(

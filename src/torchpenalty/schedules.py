@@ -38,7 +38,8 @@ class Schedule:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        Schedule.registry[cls.name] = cls
+        if "name" in cls.__dict__:
+            Schedule.registry[cls.name] = cls
 
     def __call__(self, step: int) -> float:
         raise NotImplementedError
@@ -69,11 +70,12 @@ class Warmup(Schedule):
 
 
 @dataclasses.dataclass(frozen=True)
-class Linear(Schedule):
+class _FromTo(Schedule):
+    """From ``start`` at step 0 to ``end`` at ``steps`` along ``shape(t)``, t in [0, 1]."""
+
     steps: int
     start: float = 1.0
     end: float = 0.0
-    name: ClassVar[str] = "linear"
 
     def __post_init__(self) -> None:
         _check_steps(self.steps)
@@ -82,24 +84,29 @@ class Linear(Schedule):
 
     def __call__(self, step: int) -> float:
         t = min(step, self.steps) / self.steps
-        return self.start + (self.end - self.start) * t
+        return self.start + (self.end - self.start) * self.shape(t)
+
+    @staticmethod
+    def shape(t: float) -> float:
+        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True)
-class Cosine(Schedule):
-    steps: int
-    start: float = 1.0
-    end: float = 0.0
+class Linear(_FromTo):
+    name: ClassVar[str] = "linear"
+
+    @staticmethod
+    def shape(t: float) -> float:
+        return t
+
+
+@dataclasses.dataclass(frozen=True)
+class Cosine(_FromTo):
     name: ClassVar[str] = "cosine"
 
-    def __post_init__(self) -> None:
-        _check_steps(self.steps)
-        object.__setattr__(self, "start", check_strength(self.start, "start"))
-        object.__setattr__(self, "end", check_strength(self.end, "end"))
-
-    def __call__(self, step: int) -> float:
-        t = min(step, self.steps) / self.steps
-        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * t)) / 2
+    @staticmethod
+    def shape(t: float) -> float:
+        return (1 - math.cos(math.pi * t)) / 2
 
 
 def warmup(steps: int) -> Warmup:
