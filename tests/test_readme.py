@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def test_readme_example_runs(index, tmp_path):
         return
     script = tmp_path / code.split(",")[0].removeprefix("# ")
     script.write_text(code)
+    logs = tmp_path / "logs"  # one stdout file per rank: their lines cannot interleave
     command = [
         sys.executable,
         "-m",
@@ -33,6 +35,22 @@ def test_readme_example_runs(index, tmp_path):
         "--standalone",
         "--nproc-per-node",
         "2",
+        "--log-dir",
+        str(logs),
+        "--redirects",
+        "3",
     ]
-    done = subprocess.run([*command, str(script)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # what a rank printed survives an abort
+    done = subprocess.run(
+        [*command, str(script)], capture_output=True, text=True, timeout=300, env=env
+    )
+    # every rank ran the script to its end and printed the same global value
+    lines = [f.read_text().split() for f in sorted(logs.rglob("stdout.log"))]
+    assert [line[:1] for line in lines] == [["0"], ["1"]], (lines, done.stderr[-2000:])
+    assert lines[0][1] == lines[1][1]
+    if done.returncode != 0:
+        # Gloo's worker threads sometimes abort the interpreter's teardown after the script has
+        # finished (about 1 run in 10 under load here, with or without torchpenalty; see
+        # pytorch/pytorch#179291). That, and only that, is tolerated once the work completed.
+        errors = done.stderr + "".join(f.read_text() for f in logs.rglob("stderr.log"))
+        assert "terminate called without an active exception" in errors, errors[-2000:]
