@@ -81,23 +81,27 @@ def _use_compiled(kernel: Callable, ws: Sequence[Tensor]) -> bool:
     return True
 
 
-def _chunks(ws: Sequence[Tensor]) -> list[list[int]]:
-    """Consecutive index groups of at most `CHUNK_NUMEL` elements and at most the largest
-    tensor's size (a larger tensor stands alone): a chunk's temporaries stay cache-sized and
-    never exceed the largest tensor."""
-    budget = min(CHUNK_NUMEL, max(w.numel() for w in ws))
+def pack(sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive index runs whose sizes add up to at most ``budget`` (a larger item stands
+    alone)."""
     out: list[list[int]] = []
     current: list[int] = []
-    size = 0
-    for i, w in enumerate(ws):
-        if current and size + w.numel() > budget:
+    total = 0
+    for i, size in enumerate(sizes):
+        if current and total + size > budget:
             out.append(current)
-            current, size = [], 0
+            current, total = [], 0
         current.append(i)
-        size += w.numel()
+        total += size
     if current:
         out.append(current)
     return out
+
+
+def _chunks(ws: Sequence[Tensor]) -> list[list[int]]:
+    """Index runs of at most `CHUNK_NUMEL` elements and at most the largest tensor's size: a
+    chunk's temporaries stay cache-sized and never exceed the largest tensor."""
+    return pack([w.numel() for w in ws], min(CHUNK_NUMEL, max(w.numel() for w in ws)))
 
 
 def _precise(value: Scalar) -> Scalar:

@@ -115,18 +115,11 @@ def _loss_chunks(buckets: Sequence[Bucket], params: Sequence[Tensor]) -> list[tu
     """``(penalty, indices)`` runs of at most the largest tensor's size: one autograd node each,
     so backward holds at most one chunk's gradients before they are accumulated into ``.grad``."""
     budget = max(p.numel() for p in params)
-    chunks = []
-    for b in buckets:
-        current: list[int] = []
-        size = 0
-        for i in b.indices:
-            if current and size + params[i].numel() > budget:
-                chunks.append((b.penalty, current))
-                current, size = [], 0
-            current.append(i)
-            size += params[i].numel()
-        chunks.append((b.penalty, current))
-    return chunks
+    return [
+        (b.penalty, [b.indices[k] for k in run])
+        for b in buckets
+        for run in kernels.pack([params[i].numel() for i in b.indices], budget)
+    ]
 
 
 def _sum(parts: Sequence[Tensor]) -> Tensor:
