@@ -118,3 +118,42 @@ def test_missing_torch_pruning_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'torchpenalty\[prune\]'"):
         compact(nn.Linear(2, 2), torch.randn(1, 2))
+
+
+def test_report_and_compact_agree_on_the_digits_mlp_trained_with_momentum():
+    """The issue's model: 64-256-10, group lasso on layer 0's rows and layer 2's columns,
+    proximal SGD with momentum 0.9 (whose decaying buffers keep touching zeroed groups). The
+    report counts exact zeros only, so its zero groups, its zero units and what compact()
+    removes are the same units."""
+    from sklearn.datasets import load_digits
+
+    from torchpenalty import Regularizer
+
+    x_np, y_np = load_digits(return_X_y=True)
+    x = torch.tensor(x_np / 16.0, dtype=torch.float32)
+    y = torch.tensor(y_np)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    reg = Regularizer(
+        model,
+        {
+            "0.weight": "group_lasso(1e-2, groups=rows)",
+            "2.weight": "group_lasso(1e-2, groups=cols)",
+        },
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    reg.attach(opt, mode="proximal")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        for idx in torch.randperm(len(x), generator=g).split(16):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    dead = (model[0].weight == 0).all(dim=1)
+    unused = (model[2].weight == 0).all(dim=0)
+    rows, cols = reg.report().rows
+    assert rows.zero_groups == rows.zero_units == int(dead.sum())
+    assert cols.zero_groups == int(unused.sum())
+    assert 0 < int((dead | unused).sum()) < 256
+    removed = 256 - layer_widths(compact(model, x))["0"]
+    assert removed == int((dead | unused).sum())

@@ -98,11 +98,15 @@ def test_only_the_first_attached_optimizer_advances(model):
     a.step()
     b.step()
     assert reg.steps == 1
-    first.remove()
-    third = torch.optim.SGD(model.parameters(), lr=0.0)
-    reg.attach(third, mode="grad")  # the advancing role is free again
-    third.step()
+    first.remove()  # the schedule keeps advancing while any attachment remains: b takes over
+    b.step()
     assert reg.steps == 2
+    third = torch.optim.SGD(model.parameters(), lr=0.0)
+    reg.attach(third, mode="grad")
+    third.step()
+    assert reg.steps == 2  # b advances, third does not
+    b.step()
+    assert reg.steps == 3
 
 
 def test_state_dict_carries_the_schedule_and_its_step(model):

@@ -29,11 +29,13 @@ class _Slice:
 
     penalty: Penalty
     group: dict[str, Any]
+    indices: list[int]  # positions in the regularizer's parameter list
     params: list[nn.Parameter]
 
 
 class AttachHandle:
-    """What `Regularizer.attach` returns: ``.remove()`` detaches; usable as a context manager."""
+    """What `Regularizer.attach` returns: ``.remove()`` detaches (idempotent: a second call, or a
+    call on an old handle, never touches a newer attachment); usable as a context manager."""
 
     def __init__(
         self,
@@ -41,17 +43,38 @@ class AttachHandle:
         optimizer: torch.optim.Optimizer,
         mode: str,
         hooks: list[RemovableHandle],
-        *,
-        advances: bool = False,
     ) -> None:
         self.regularizer, self.optimizer, self.mode = reg, optimizer, mode
-        self.advances = advances  # whether this optimizer's steps advance the schedule
         self._hooks = hooks
+        self._advance: RemovableHandle | None = None  # set while this one advances the schedule
+        self.removed = False
+
+    @property
+    def advances(self) -> bool:
+        """Whether this optimizer's steps advance the regularizer's schedule."""
+        return self._advance is not None
+
+    def advance_schedule(self) -> None:
+        """Advance the schedule once per step of this optimizer (one attachment does it)."""
+        reg = self.regularizer
+        self._advance = self.optimizer.register_step_post_hook(lambda opt, a, k: reg.step())
 
     def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
         for hook in self._hooks:
             hook.remove()
-        self.regularizer._attachments.pop(id(self.optimizer), None)
+        attachments = self.regularizer._attachments
+        if attachments.get(id(self.optimizer)) is self:
+            del attachments[id(self.optimizer)]
+        if self._advance is not None:
+            self._advance.remove()
+            self._advance = None
+            # the schedule keeps advancing while any attachment remains
+            successor = next(iter(attachments.values()), None)
+            if successor is not None:
+                successor.advance_schedule()
 
     def __enter__(self) -> AttachHandle:
         return self
@@ -60,19 +83,22 @@ class AttachHandle:
         self.remove()
 
     def __repr__(self) -> str:
-        return f"AttachHandle(mode={self.mode!r}, optimizer={type(self.optimizer).__name__})"
+        state = ", removed" if self.removed else ""
+        return f"AttachHandle(mode={self.mode!r}, optimizer={type(self.optimizer).__name__}{state})"
 
 
 def _group_of(reg: Regularizer, optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     """The optimizer param group of each regularized parameter, or raise naming the strays."""
     where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    names = [n for n, p in reg.named_parameters() if id(p) not in where]
+    named = list(reg.named_parameters())
+    names = [n for n, p in named if id(p) not in where]
     if names:
         raise ValueError(
             f"regularized parameters are not in the optimizer {type(optimizer).__name__}: "
-            f"{', '.join(names)}; pass them to the optimizer or narrow the selection"
+            f"{', '.join(names)}; pass them to the optimizer (after replacing a model's "
+            "parameters, build the optimizer again) or narrow the selection"
         )
-    return [where[id(p)] for _, p in reg.named_parameters()]
+    return [where[id(p)] for _, p in named]
 
 
 def _plan(reg: Regularizer, optimizer: torch.optim.Optimizer) -> list[_Slice]:
@@ -82,8 +108,43 @@ def _plan(reg: Regularizer, optimizer: torch.optim.Optimizer) -> list[_Slice]:
         for i, p in zip(bucket.indices, bucket.params, strict=True):
             group = groups[i]
             key = (b_index, id(group))
-            slices.setdefault(key, _Slice(bucket.penalty, group, [])).params.append(p)
+            s = slices.setdefault(key, _Slice(bucket.penalty, group, [], []))
+            s.indices.append(i)
+            s.params.append(p)
     return list(slices.values())
+
+
+#: optimizers that evaluate the closure several times per step, along a direction of their own
+MULTI_EVALUATION = (torch.optim.LBFGS,)
+
+
+def _closure_position(args: tuple, kwargs: dict) -> str | int | None:
+    """Where ``step``'s closure is in a step hook's ``(args, kwargs)`` (``args[0]`` is the
+    optimizer), or None for a step without one."""
+    if kwargs.get("closure") is not None:
+        return "closure"
+    if len(args) > 1 and args[1] is not None:
+        return 1
+    return None
+
+
+def _with_closure(args: tuple, kwargs: dict, wrap: Any) -> tuple[tuple, dict] | None:
+    """``(args, kwargs)`` with the closure replaced by ``wrap(closure)``; None without one."""
+    where = _closure_position(args, kwargs)
+    if where is None:
+        return None
+    if where == "closure":
+        return args, {**kwargs, "closure": wrap(kwargs["closure"])}
+    return (args[0], wrap(args[1]), *args[2:]), kwargs
+
+
+def _signed(loss: Any, value: Any) -> Any:
+    """``loss + value`` for a closure's loss of any kind (tensor, number or None)."""
+    if loss is None:
+        return None
+    if isinstance(loss, torch.Tensor):
+        return loss + value.to(loss.device)
+    return loss + float(value)
 
 
 def attach(
@@ -102,6 +163,14 @@ def attach(
             f"this regularizer is already attached to this optimizer "
             f"({reg._attachments[id(optimizer)].mode!r}); remove() that handle first"
         )
+    if mode != "grad" and isinstance(optimizer, MULTI_EVALUATION):
+        raise ValueError(
+            f"mode={mode!r} cannot be exact with {type(optimizer).__name__}: it evaluates the "
+            "closure several times per step and moves along a search direction of its own, while "
+            "decoupled and proximal updates are defined for one gradient per step; use "
+            "mode='grad' (the gradient of loss + R at every evaluation) or add reg() to the "
+            "closure's loss"
+        )
     plan = _plan(reg, optimizer)
     if mode in ("decoupled", "proximal"):
         missing = [i for i, g in enumerate(optimizer.param_groups) if "lr" not in g]
@@ -113,41 +182,101 @@ def attach(
     if mode == "proximal":
         for s in plan:
             s.penalty.check_prox()
+    maximizing = {bool(g.get("maximize", False)) for g in optimizer.param_groups}
+    if mode == "grad" and len(maximizing) > 1:
+        raise ValueError(
+            "mode='grad' needs maximize to be the same in every param group of "
+            f"{type(optimizer).__name__} (the closure's loss gets +R or -R); got both"
+        )
 
     state = {"version": reg.version, "plan": plan}
 
     def current_plan() -> list[_Slice]:
-        if state["version"] != reg.version:  # penalties were reloaded
+        reg._refresh()  # follows parameters replaced in the model
+        if state["version"] != reg.version:  # penalties reloaded or parameters rebound
             state["version"], state["plan"] = reg.version, _plan(reg, optimizer)
         return state["plan"]
 
     # GradScaler leaves `grad_scale` (gradients still scaled) and `found_inf` on optimizers that
     # unscale inside their own fused step; ordinary ones are unscaled before step(), and skipped.
-    def grad_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        reg.add_to_grad_(getattr(opt, "grad_scale", None))
+    def add_grads(opt: torch.optim.Optimizer) -> None:
+        from .regularizer import _gradient_scale
+
+        scale = _gradient_scale(getattr(opt, "grad_scale", None))
+        with torch.no_grad():
+            for s in current_plan():
+                # maximize=True negates the gradient inside step(); weight_decay is added after
+                # that negation, so the penalty gradient goes in with the opposite sign
+                if s.group.get("maximize", False):
+                    s_scale = -scale if scale is not None else torch.tensor(-1.0)
+                else:
+                    s_scale = scale
+                reg._add_grad(s.penalty, s.indices, s_scale)
 
     def lr_of(opt: torch.optim.Optimizer, group: dict) -> Any:
         found_inf = getattr(opt, "found_inf", None)  # a step the fused optimizer will skip
         return group["lr"] if found_inf is None else group["lr"] * (1 - found_inf)
 
-    def step_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def apply_steps(opt: torch.optim.Optimizer) -> None:
         with torch.no_grad():
             for s in current_plan():
                 reg._apply_step(s.penalty, s.params, lr_of(opt, s.group), mode, s.group["lr"])
 
+    # With step(closure) the pre-hooks run before the closure computes the gradients (LBFGS,
+    # Lightning): the closure is wrapped so the penalty lands after it, exactly as without one.
+    def grad_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        sign = -1.0 if opt.param_groups and opt.param_groups[0].get("maximize", False) else 1.0
+
+        def wrap(closure: Any) -> Any:
+            def closure_with_penalty() -> Any:
+                loss = closure()
+                add_grads(opt)
+                # the loss of the function whose gradient the optimizer gets (line searches)
+                return _signed(loss, sign * reg.value())
+
+            return closure_with_penalty
+
+        wrapped = _with_closure(args, kwargs, wrap)
+        if wrapped is None:
+            add_grads(opt)
+        return wrapped
+
+    def decoupled_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        def wrap(closure: Any) -> Any:
+            calls = [0]
+
+            def closure_then_decay() -> Any:
+                calls[0] += 1
+                if calls[0] > 1:
+                    raise RuntimeError(
+                        f"mode='decoupled': {type(opt).__name__} evaluated the closure more than "
+                        "once in one step, so the decay has no single place to go; use "
+                        "mode='grad' or the loss mode with this optimizer"
+                    )
+                loss = closure()
+                apply_steps(opt)  # after the gradient, before the update: AdamW's order
+                return loss
+
+            return closure_then_decay
+
+        wrapped = _with_closure(args, kwargs, wrap)
+        if wrapped is None:
+            apply_steps(opt)
+        return wrapped
+
+    def proximal_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        apply_steps(opt)
+
     if mode == "grad":
         hooks = [optimizer.register_step_pre_hook(grad_hook)]
     elif mode == "decoupled":
-        hooks = [optimizer.register_step_pre_hook(step_hook)]
+        hooks = [optimizer.register_step_pre_hook(decoupled_hook)]
     else:
-        hooks = [optimizer.register_step_post_hook(step_hook)]
-    if reg.schedule is not None and not any(h.advances for h in reg._attachments.values()):
-        hooks.append(optimizer.register_step_post_hook(lambda opt, a, k: reg.step()))
-        advances = True
-    else:
-        advances = False
+        hooks = [optimizer.register_step_post_hook(proximal_hook)]
     if check_finite:
         hooks.append(optimizer.register_step_post_hook(lambda opt, a, k: reg.check_finite()))
-    handle = AttachHandle(reg, optimizer, mode, hooks, advances=advances)
+    handle = AttachHandle(reg, optimizer, mode, hooks)
+    if reg.schedule is not None and not any(h.advances for h in reg._attachments.values()):
+        handle.advance_schedule()
     reg._attachments[id(optimizer)] = handle
     return handle

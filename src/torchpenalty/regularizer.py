@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from . import distributed, kernels
 from ._checks import check_step
+from .binding import Binding
 from .penalties import Penalty, parse
 from .schedules import Schedule, ScheduleLike, factor_at
 from .selection import (
@@ -171,10 +172,25 @@ class Regularizer:
         for e, p in kept:
             p.check_tensor(e.name, e.param)
         self._names = [e.name for e, _ in kept]
-        self._params = [e.param for e, _ in kept]
+        self._binding = Binding.of_entries(model, [e for e, _ in kept])
+        self._params = self._binding.params
         self._shard_group = distributed.group_of(self._params)  # FSDP2: None when unsharded
         self._set_penalties([p for _, p in kept])
         self._attachments: dict[int, AttachHandle] = {}
+
+    def _refresh(self) -> None:
+        """Follow the model: if a regularized name now stands for another tensor
+        (``load_state_dict(assign=True)``, ``to_empty()``, ``fully_shard``, a swapped submodule),
+        bind the new tensors, so no figure or update ever uses a stale one. Identity checks only;
+        skipped while ``torch.compile`` traces (its guards cover parameter identity)."""
+        if torch.compiler.is_compiling() or self._binding.intact():
+            return
+        params = self._binding.rebind()
+        for name, param, pen in zip(self._names, params, self._penalties, strict=True):
+            pen.check_tensor(name, param)
+        self._params = params
+        self._shard_group = distributed.group_of(params)
+        self._set_penalties(self._penalties)  # new buckets; attachments rebuild their plans
 
     # -- schedule ---------------------------------------------------------------------------
     def step(self) -> None:
@@ -228,7 +244,9 @@ class Regularizer:
         return self._buckets
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """``(canonical name, parameter)`` of every regularized parameter."""
+        """``(canonical name, parameter)`` of every regularized parameter (the model's current
+        tensors)."""
+        self._refresh()
         yield from zip(self._names, self._params, strict=True)
 
     def named_penalties(self) -> Iterator[tuple[str, Penalty]]:
@@ -264,6 +282,7 @@ class Regularizer:
 
         One pass per tensor (its max-abs norm, NaN/Inf if any element is) and one device sync.
         """
+        self._refresh()
         with torch.no_grad():
             if self._shard_group is not None:
                 bad = [i for i, b in enumerate(distributed.global_nonfinite(self)) if b]
@@ -290,6 +309,7 @@ class Regularizer:
         ``params`` optionally maps canonical names to tensors to evaluate instead of the bound
         parameters (``torch.func.functional_call`` style); other keys are ignored.
         """
+        self._refresh()
         if self._shard_group is not None:
             if params is not None:
                 raise ValueError("params= is not supported on FSDP2-sharded parameters")
@@ -323,6 +343,7 @@ class Regularizer:
 
     def value(self) -> Tensor:
         """The total penalty as a 0-dim tensor: no autograd, no device sync."""
+        self._refresh()
         with torch.no_grad():
             if self._shard_group is not None:
                 return distributed.global_value(self)
@@ -336,15 +357,21 @@ class Regularizer:
         precision, call it after ``scaler.unscale_(optimizer)``, or before with
         ``scale=scaler`` (the gradients are still scaled: the penalty gradient is scaled alike,
         without a device sync); ``attach(optimizer, mode="grad")`` does the right thing by itself.
+        Optimizers with ``maximize=True`` negate the gradient: attach them (mode ``"grad"``),
+        which subtracts the penalty gradient in their groups, as ``weight_decay`` behaves there.
         """
+        self._refresh()
         scale = _gradient_scale(scale)
         with torch.no_grad():
             for b in self._buckets:
-                pen = self.current(b.penalty)
-                grads = [self._dense_grad(i) for i in b.indices]
-                ws, gs, context = self._on_shards(b.params, grads)
-                with context:
-                    pen._add_grad_(ws, gs, scale)
+                self._add_grad(b.penalty, b.indices, scale)
+
+    def _add_grad(self, penalty: Penalty, indices: Sequence[int], scale: Tensor | None) -> None:
+        """``g += scale * grad R(w)`` for the parameters at ``indices`` (one bucket or part)."""
+        grads = [self._dense_grad(i) for i in indices]
+        ws, gs, context = self._on_shards([self._params[i] for i in indices], grads)
+        with context:
+            self.current(penalty)._add_grad_(ws, gs, scale)
 
     def _dense_grad(self, i: int) -> Tensor:
         p = self._params[i]
@@ -362,6 +389,7 @@ class Regularizer:
     def decay_(self, lr: float | Tensor) -> None:
         """``w -= lr * grad R(w)`` for every regularized ``w`` (a decoupled step), in place."""
         lr = check_step(lr, "lr")
+        self._refresh()
         with torch.no_grad():
             for b in self._buckets:
                 self._apply_step(b.penalty, b.params, lr, "decoupled")
@@ -369,6 +397,7 @@ class Regularizer:
     def prox_(self, step: float | Tensor) -> None:
         """``w = prox(w, step)`` for every regularized ``w``, in place."""
         step = check_step(step, "step")
+        self._refresh()
         with torch.no_grad():
             for b in self._buckets:
                 b.penalty.check_prox()
@@ -388,6 +417,7 @@ class Regularizer:
         """
         from .attach import attach
 
+        self._refresh()
         return attach(self, optimizer, mode, check_finite=check_finite)
 
     # -- reporting and state ----------------------------------------------------------------
@@ -396,6 +426,7 @@ class Regularizer:
 
         Synchronizes the device once.
         """
+        self._refresh()
         if self._shard_group is not None:
             return distributed.global_report(self)
         from .reporting import report

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .penalties.base import accumulation_dtype
+from .penalties.norms import tensor_norm
 
 if TYPE_CHECKING:
     from .regularizer import Regularizer
@@ -144,11 +144,11 @@ def report(reg: Regularizer) -> Report:
     missing = torch.tensor(-1.0)
     with torch.no_grad():
         for b in reg.buckets:
-            acc = accumulation_dtype(b.params[0].dtype)
+            acc = torch.float64  # exact counts and norms that neither underflow nor round
             device = b.params[0].device
             penalty = reg.current(b.penalty)
             values = torch.stack([penalty.value(w).to(acc) for w in b.params])
-            norms = torch.stack(torch._foreach_norm(b.params, 2, dtype=acc))
+            norms = torch.stack([tensor_norm(w) for w in b.params]).to(acc)
             zeros = torch.stack([(w == 0).sum() for w in b.params]).to(acc)
             numels = torch.tensor([max(w.numel(), 1) for w in b.params], dtype=acc, device=device)
             zero_groups, zero_units = [], []

@@ -49,6 +49,9 @@ class Entry:
     name: str
     param: nn.Parameter
     module: nn.Module
+    #: where the parameter lives: ``unwrap(model).get_submodule(path)._parameters[attr]``
+    path: str = ""
+    attr: str = ""
 
 
 class Selection(list):
@@ -87,7 +90,7 @@ def entries(model: nn.Module) -> list[Entry]:
                 continue
             seen.add(id(param))
             name = f"{prefix}.{pname}" if prefix else pname
-            out.append(Entry(canonical_name(name), param, module))
+            out.append(Entry(canonical_name(name), param, module, prefix, pname))
     return out
 
 

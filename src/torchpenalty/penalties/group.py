@@ -13,7 +13,12 @@ square), where the groups are
 Lin 2006); published code disagrees on this, so it is explicit.
 
 - grad = ``lam * c_g * w_g / ||w_g||``, and 0 for a group whose norm is 0;
-- prox = block soft-thresholding ``w_g * max(0, 1 - step * lam * c_g / ||w_g||)`` (0 stays 0).
+- prox = block soft-thresholding ``w_g * max(0, 1 - step * lam * c_g / ||w_g||)``: every group
+  whose norm is at or below ``step * lam * c_g`` becomes exact zeros (0 stays 0).
+
+Group norms are computed scaled (`norms`), so a group of tiny nonzero entries (a momentum buffer
+decaying after the prox zeroed the group leaves ~1e-23 behind in float32) has its true norm and is
+zeroed again, instead of an underflowed norm of 0 that would leave it as it is forever.
 
 ``SparseGroupLasso(l1, group, ...)`` adds ``l1 * sum|w|``; its prox soft-thresholds each element by
 ``step * l1``, then shrinks each group of the result by ``step * group * c_g``.
@@ -32,6 +37,7 @@ from torch import Tensor
 
 from .._checks import ArrayLike, check_strength
 from ..distributed import all_reduce_sum, is_dtensor, shard_info
+from . import norms
 from .base import Penalty, Scalar, check_input
 from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
 
@@ -57,8 +63,10 @@ def _check_scale(scale: object) -> str:
 class Grouping:
     """Group norms of one tensor, broadcast against it, with each group's ``c_g``.
 
-    For ``rows`` / ``cols`` / ``tensor`` the norms keep the reduced dims (size 1), so every
-    operation broadcasts without copying ``w``; for a callable they are gathered per element.
+    Norms are scaled (`torchpenalty.penalties.norms`): a group of tiny entries, whose squares
+    underflow, still has its true norm, so the prox zeroes it and only a group of exact zeros
+    has norm 0. For ``rows`` / ``cols`` / ``tensor`` the norms keep the reduced dims (size 1), so
+    every operation broadcasts against ``w``; for a callable they are gathered per element.
     """
 
     def __init__(self, groups: GroupSpec, scale: str, w: ArrayLike) -> None:
@@ -83,20 +91,19 @@ class Grouping:
         size = math.prod(w.shape[d] for d in dims)
         self.count = math.prod(w.shape) // size if size else 0
         if shard is not None and shard[0] in dims:
-            # the group spans shards: add the partial squared norms of all shards first
+            # the group spans shards: a global scale, then the partial sums of all shards
             dim, process_group, global_length = shard
-            acc = torch.promote_types(w.dtype, torch.float32)
-            partial = (w * w).sum(dim=dims, keepdim=True, dtype=acc)
-            self.norms = all_reduce_sum(partial, process_group).sqrt().to(w.dtype)
+            self._scale, self._unit = _spanning_norm(w, dims, process_group)
             size = math.prod(w.shape[d] if d != dim else global_length for d in dims)
             self.spans_shards = True
         elif self.is_torch:
-            # vector_norm's backward is 0 (not NaN) at a zero group: value() stays differentiable
-            self.norms = torch.linalg.vector_norm(w, 2, dim=dims, keepdim=True)
+            self._scale, self._unit = norms.scaled_norm(w, dims)
         else:
-            self.norms = np.sqrt((w * w).sum(axis=dims, keepdims=True))
+            self._scale, self._unit = norms.scaled_norm_np(w, dims)
+        self.norms = self._scale * self._unit
         self.coef: Any = math.sqrt(size) if scale == "sqrt_size" else 1.0
         self.group_norms, self.group_coef = self.norms, self.coef
+        self._w = w
 
     def _by_index(self, index: ArrayLike, scale: str, w: ArrayLike) -> None:
         if tuple(index.shape) != tuple(w.shape):
@@ -107,41 +114,63 @@ class Grouping:
         if self.is_torch:
             flat = index.to(device=w.device, dtype=torch.long).reshape(-1)
             self.count = int(flat.max()) + 1 if flat.numel() else 0
-            sq = w.new_zeros(self.count).index_add(0, flat, (w * w).reshape(-1))
+            group_scale, group_unit = norms.index_scaled_norm(w.reshape(-1), flat, self.count)
             sizes = torch.bincount(flat, minlength=self.count).to(w.dtype)
-            positive = sq > 0
-            norms = torch.where(positive, sq, 1).sqrt() * positive  # grad 0, not NaN, at 0
         else:
             flat = np.asarray(index).astype(np.int64).reshape(-1)
             self.count = int(flat.max()) + 1 if flat.size else 0
-            sq = np.bincount(flat, weights=(w * w).reshape(-1), minlength=self.count)
+            group_scale, group_unit = norms.index_scaled_norm_np(w.reshape(-1), flat, self.count)
             sizes = np.bincount(flat, minlength=self.count).astype(w.dtype)
-            norms = np.sqrt(sq).astype(w.dtype)
-        self.group_norms = norms
+        self.group_norms = group_scale * group_unit
         self.group_coef = sizes**0.5 if scale == "sqrt_size" else sizes * 0 + 1
-        self.norms = norms[flat].reshape(w.shape)
+        self._scale = group_scale[flat].reshape(w.shape)
+        self._unit = group_unit[flat].reshape(w.shape)
+        self.norms = self.group_norms[flat].reshape(w.shape)
         self.coef = self.group_coef[flat].reshape(w.shape)
+        self._w = w
 
     def total(self) -> ArrayLike:
         """``sum_g c_g ||w_g||``."""
         return (self.group_coef * self.group_norms).sum()
 
-    def inverse_norms(self) -> ArrayLike:
-        """``1 / ||w_g||`` broadcast to ``w``, 0 where the norm is 0."""
-        n = self.norms  # a NaN norm stays NaN, so a group holding NaN becomes NaN, not unshrunk
+    def direction(self) -> ArrayLike:
+        """``w_g / ||w_g||`` (computed on the scaled group, so tiny groups keep full precision),
+        0 in a zero group; NaN in a group holding NaN."""
+        u = self._w / self._scale
         if self.is_torch:
-            return torch.where(n == 0, torch.inf, n).reciprocal()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(n == 0, 0.0, 1.0 / np.where(n == 0, 1.0, n)).astype(n.dtype)
+            return torch.where(self._unit == 0, 0, u / self._unit)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return np.where(self._unit == 0, 0, u / np.where(self._unit == 0, 1, self._unit))
 
     def shrink_factor(self, threshold: Scalar) -> ArrayLike:
-        """``max(0, 1 - threshold * c_g / ||w_g||)``; zero groups stay zero."""
-        factor = 1 - threshold * self.coef * self.inverse_norms()
-        return factor.clamp(min=0) if self.is_torch else np.maximum(factor, 0)
+        """``max(0, 1 - threshold * c_g / ||w_g||)``, exactly 0 for every group whose norm is at
+        or below its threshold ``threshold * c_g`` (so zero groups stay zero); NaN groups stay
+        NaN."""
+        t = threshold * self.coef
+        n = self.norms
+        if self.is_torch:
+            return torch.where(n <= t, 0, (1 - t / n).clamp(min=0))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return np.where(n <= t, 0, np.maximum(1 - t / n, 0)).astype(n.dtype)
 
     def zero_groups(self) -> ArrayLike:
-        """How many groups are entirely zero."""
+        """How many groups are entirely (exactly) zero: a scaled norm is 0 only for those."""
         return (self.group_norms == 0).sum()
+
+
+def _spanning_norm(w: Tensor, dims: tuple[int, ...], group: Any) -> tuple[Tensor, Tensor]:
+    """`norms.scaled_norm` of groups split across shards: the largest magnitude, then the scaled
+    squared sums, each all-reduced over the shard group."""
+    with torch.no_grad():
+        amax = w.new_zeros([1 if d in dims else n for d, n in enumerate(w.shape)])
+        if w.numel():
+            amax = torch.linalg.vector_norm(w.detach(), float("inf"), dim=dims, keepdim=True)
+        torch.distributed.all_reduce(amax, op=torch.distributed.ReduceOp.MAX, group=group)
+        scale = norms.safe_scale(amax)
+    acc = torch.promote_types(w.dtype, torch.float32)
+    u = w / scale
+    partial = (u * u).sum(dim=dims, keepdim=True, dtype=acc)
+    return scale, all_reduce_sum(partial, group).sqrt().to(w.dtype)
 
 
 class _GroupBase(Penalty):
@@ -185,7 +214,7 @@ class _GroupBase(Penalty):
     def grad(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
         g = self.grouping(w)
-        out = w * (self._group * g.coef * g.inverse_norms())
+        out = g.direction() * (self._group * g.coef)
         if self._l1:
             out = out + self._l1 * sign(w)
         return out
