@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torchpenalty import L1, L2, Regularizer
 
 from .conftest import make_batches, make_model
-from .test_attach import LAM, assert_moved, assert_same_parameters, weight_groups
+from .helpers import assert_moved, assert_same_parameters, weight_groups
 
 STEPS = 25
+LAM = 0.05
 
 
 def train_with_closure(model, optimizer, *, steps=STEPS, keyword=True, extra_loss=None):

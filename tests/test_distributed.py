@@ -9,11 +9,12 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from torchpenalty import ElasticNet, Regularizer
+
+from .distributed_helpers import spawn
 
 MODES = ["loss", "grad", "decoupled", "proximal"]
 STEPS, ROWS, WORLD = 6, 8, 2
@@ -99,8 +100,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn(_worker, out, WORLD)
 
 
 @pytest.mark.parametrize("accumulate", [1, 2], ids=["one-batch", "no_sync-accumulation"])

@@ -12,10 +12,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from torchpenalty import L1, ElasticNet, GroupLasso, Regularizer, SparseGroupLasso
+
+from .distributed_helpers import spawn
 
 WORLD = 2
 PENALTIES = [
@@ -151,8 +152,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp2")
-    mp.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn(_worker, out, WORLD)
 
 
 def close(a, b):

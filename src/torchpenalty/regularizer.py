@@ -24,6 +24,7 @@ from . import distributed, kernels
 from ._checks import check_step
 from .binding import Binding
 from .penalties import Penalty, parse
+from .penalties.base import check_strengths_fit
 from .schedules import Schedule, ScheduleLike, factor_at
 from .selection import (
     Among,
@@ -171,6 +172,7 @@ class Regularizer:
         kept = [(e, p) for e, p in zip(selected, assigned, strict=True) if p is not None]
         for e, p in kept:
             p.check_tensor(e.name, e.param)
+            check_strengths_fit(p, e.name, e.param.dtype)
         self._names = [e.name for e, _ in kept]
         self._binding = Binding.of_entries(model, [e for e, _ in kept])
         self._params = self._binding.params
@@ -188,6 +190,7 @@ class Regularizer:
         params = self._binding.rebind()
         for name, param, pen in zip(self._names, params, self._penalties, strict=True):
             pen.check_tensor(name, param)
+            check_strengths_fit(pen, name, param.dtype)
         self._params = params
         self._shard_group = distributed.group_of(params)
         self._set_penalties(self._penalties)  # new buckets; attachments rebuild their plans
@@ -459,7 +462,11 @@ class Regularizer:
                 f"{sorted(set(saved) - set(self._names))} not here, "
                 f"{sorted(set(self._names) - set(saved))} missing"
             )
-        self._set_penalties([Penalty.from_config(saved[n]) for n in self._names])
+        penalties = [Penalty.from_config(saved[n]) for n in self._names]
+        for name, param, pen in zip(self._names, self._params, penalties, strict=True):
+            pen.check_tensor(name, param)
+            check_strengths_fit(pen, name, param.dtype)
+        self._set_penalties(penalties)
         schedule = state.get("schedule")
         if schedule == "callable":
             if self.schedule is None:

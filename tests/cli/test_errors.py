@@ -63,7 +63,8 @@ def test_bad_flags_are_usage_errors(argv, message, capsys):
         run_cli(*argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: torchpenalty" in err and message in err
+    assert err.startswith("torchpenalty") and message in err and "--help" in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no usage dump, no traceback
 
 
 def _npz(tmp_path, **overrides):

@@ -49,11 +49,16 @@ def test_demo_weight_decay_reproduces_the_effect(tmp_path, capsys):
     assert run_cli("demo", "weight-decay", "--quiet", "--out", tmp_path) == 0
     out = capsys.readouterr().out
     assert "without decay: train loss" in out and "effect reproduced" in out
+    assert "squared error / 2" in out  # the book's loss, so lambda = 3 is the book's lambda = 3
     results = read_results(tmp_path)
     assert all(results["checks"].values())
     plain, decayed = (r["final"] for r in results["runs"])
     assert decayed["test_loss"] * 100 < plain["test_loss"]  # orders of magnitude
-    assert plain["train_loss"] < 1e-6
+    assert plain["train_loss"] < 1e-6 * plain["test_loss"]
+    # the loss is the squared error / 2 while the metric is the mean squared error
+    assert plain["test_loss"] == pytest.approx(plain["test_metric"] / 2, rel=1e-5)
+    # d2l.ai reports |w| ~ 13.9 without decay and ~ 0.38 with lambda = 3
+    assert 10 < plain["weight_norm"] < 18 and 0.2 < decayed["weight_norm"] < 0.6
     assert_png(tmp_path / "demo.png")
 
 

@@ -10,13 +10,22 @@ import argparse
 import importlib.util
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import compare, demo, sweep
 from .common import CommandError, load_checkpoint
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), pointing to ``--help`` instead of printing the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        first = message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+        self.exit(2, f"{self.prog}: error: {first} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="torchpenalty",
         description="Train and compare parameter-norm regularizers on real data.",
     )
@@ -63,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = resumed(parser, args)
         else:
             args.argv = argv
-        command_parser = parser._subparsers._group_actions[0].choices[args.command]
-        return args.handler(args, command_parser)
+        return args.handler(args, args.command_parser)
     except CommandError as exc:
         print(f"torchpenalty: error: {exc}", file=sys.stderr)
         return 2

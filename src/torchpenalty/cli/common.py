@@ -8,6 +8,7 @@ import datetime
 import inspect
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,13 @@ from torch import nn
 import torchpenalty
 from torchpenalty import Regularizer
 from torchpenalty.experiments import data as datasets
-from torchpenalty.experiments.models import ACTIVATIONS, MODELS, build
+from torchpenalty.experiments.models import ACTIVATIONS, MODELS
 from torchpenalty.experiments.results import environment
 from torchpenalty.experiments.training import (
     MODES,
     Contender,
     EpochRecord,
+    ResumeError,
     RunResult,
     TrainConfig,
     build_model,
@@ -83,6 +85,23 @@ def probability(text: str) -> float:
     return value
 
 
+#: torch.manual_seed and torch.Generator take seeds in [0, 2**64); results.json stays portable
+#: (JavaScript reads integers exactly below 2**53)
+MAX_SEED = 2**53 - 1
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"expected a seed in 0..{MAX_SEED} (2**53 - 1), got {text}"
+        )
+    return value
+
+
 def hidden_sizes(text: str) -> tuple[int, ...]:
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:
@@ -97,14 +116,26 @@ def optimizer_name(text: str) -> str:
     return text.lower()
 
 
-def device_name(text: str) -> str:
-    import torch
+#: devices that hold real data a model can train on (not "meta")
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
+
+def device_name(text: str) -> str:
     try:
         device = torch.device(text)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        raise argparse.ArgumentTypeError(f"device {text!r} is not usable here ({exc})") from None
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"unknown device {text!r}; use one of {', '.join(DEVICE_TYPES)} (e.g. cuda:0)"
+        ) from None
+    if device.type not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(
+            f"device {text!r} cannot train a model; use one of {', '.join(DEVICE_TYPES)}"
+        )
+    try:
+        torch.ones(1, device=device).add_(1).cpu()
+    except Exception as exc:  # each backend fails in its own way: say what it said, in one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise argparse.ArgumentTypeError(f"device {text!r} is not usable here ({reason})") from None
     return text
 
 
@@ -171,7 +202,7 @@ def add_training_flags(parser: argparse.ArgumentParser, **defaults: Any) -> None
         metavar="K",
         help="repeat with K seeds and report mean ± std",
     )
-    g.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    g.add_argument("--seed", type=seed_value, default=0, help="first seed (default 0)")
     g.add_argument("--device", type=device_name, default="cpu")
 
 
@@ -268,31 +299,32 @@ def check_setup(
     contenders: Sequence[Contender],
     rules_file: Path | None = None,
 ) -> None:
-    """Fail before any training: the model must suit the data, the optimizer must take the flags,
-    and every penalty rule must select something (a usage error, or one line for a rules file)."""
+    """Fail before any training, for every contender: the model must suit the data, the optimizer
+    must take the flags, every penalty rule must select something, every strength must fit the
+    model's dtype, and the optimizer must support the contender's mode (a usage error, or one
+    line for a rules file). Each contender is set up exactly as `run` will set it up."""
     try:
-        model = build(
-            config.model,
-            data,
-            hidden=config.hidden,
-            activation=config.activation,
-            dropout=config.dropout,
-        )
-        for c in contenders:
-            make_optimizer(
+        model = build_model(data, config, seed=0)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for c in contenders:
+        where = f"contender {c.label!r}: "
+        try:
+            opt = make_optimizer(
                 config.optimizer,
                 model.parameters(),
                 lr=config.lr,
                 momentum=config.momentum,
                 weight_decay=c.weight_decay,
             )
-    except ValueError as exc:
-        parser.error(str(exc))
-    for c in contenders:
+        except ValueError as exc:
+            parser.error(str(exc) if len(contenders) == 1 else where + str(exc))
         if c.penalty is None:
             continue
         try:
-            Regularizer(model, c.penalty)
+            reg = Regularizer(model, c.penalty)
+            if c.mode != "loss":
+                reg.attach(opt, mode=c.mode).remove()
         except ValueError as exc:
             if isinstance(c.penalty, dict) and rules_file is not None:
                 raise CommandError(f"{rules_file}: {exc}") from None
@@ -300,15 +332,29 @@ def check_setup(
 
 
 def output_dir(args: argparse.Namespace, command: str) -> Path:
+    """The output folder, created and proven writable before any training, or a one-line
+    `CommandError` (a file in the way, a path under a file, no permission)."""
     out = args.out
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{command}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out) else ""
+        raise CommandError(f"--out {out}: cannot write there: {reason}{where}") from None
     return out
 
 
 def seeds(args: argparse.Namespace) -> list[int]:
+    last = args.seed + args.seeds - 1
+    if last > MAX_SEED:
+        raise CommandError(f"--seed {args.seed} with --seeds {args.seeds} goes past {MAX_SEED}")
     return list(range(args.seed, args.seed + args.seeds))
 
 
@@ -324,7 +370,7 @@ def _jsonable(value: Any) -> Any:
 
 def flags(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed flags as JSON-able values, recorded in results.json."""
-    skip = {"handler", "argv", "resume_state"}
+    skip = {"handler", "command_parser", "argv", "resume_state"}
     return {k: _jsonable(v) for k, v in vars(args).items() if k not in skip}
 
 
@@ -334,6 +380,8 @@ def data_summary(data: datasets.Dataset) -> dict[str, Any]:
         "task": data.task,
         "features": data.n_features,
         "classes": data.n_classes,
+        # class index -> the label it stands for in the file (CSV data)
+        **({"class_labels": data.class_labels} if data.class_labels is not None else {}),
         "train": len(data.x_train),
         "validation": len(data.x_val),
         "test": len(data.x_test),
@@ -368,7 +416,78 @@ def load_checkpoint(path: Path) -> dict:
         raise CommandError(f"{path}: not a torchpenalty checkpoint (a torch file of another kind)")
     if state.get("version") != 1:
         raise CommandError(f"{path}: checkpoint version {state.get('version')!r} is not supported")
+    problem = _checkpoint_problem(state)
+    if problem:
+        raise CommandError(f"{path}: corrupt checkpoint: {problem}")
     return state
+
+
+RUN_KEYS = {"epoch", "model", "optimizer", "regularizer", "shuffle", "rng", "history", "elapsed"}
+
+
+def _checkpoint_problem(state: dict) -> str | None:
+    """What is missing or malformed in a checkpoint's content, or None: every field `train_all`
+    and `run` read is checked before anything is trained."""
+    argv = state.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        return "'argv' must be the list of the run's arguments"
+    completed = state.get("completed")
+    if not isinstance(completed, list):
+        return "'completed' must be a list of finished runs"
+    for i, run_state in enumerate(completed):
+        if not isinstance(run_state, dict) or not {"history", "wall_time", "model"} <= set(
+            run_state
+        ):
+            return f"finished run {i} lacks its history, wall time or model"
+        if not _history_ok(run_state["history"]) or not _weights_ok(run_state["model"]):
+            return f"finished run {i} has a malformed history or model"
+    current = state.get("current")
+    if current is None:
+        return None
+    if not isinstance(current, dict) or not isinstance(current.get("index"), int):
+        return "'current' must name the run in progress by its index"
+    run_state = current.get("state")
+    if not isinstance(run_state, dict) or not set(run_state) >= RUN_KEYS:
+        missing = sorted(RUN_KEYS - set(run_state)) if isinstance(run_state, dict) else ["all"]
+        return f"the run in progress lacks {', '.join(missing)}"
+    if not isinstance(run_state["epoch"], int) or run_state["epoch"] < 1:
+        return "the run in progress has no valid epoch number"
+    if not _history_ok(run_state["history"]) or not _weights_ok(run_state["model"]):
+        return "the run in progress has a malformed history or model"
+    for key in ("shuffle", "rng"):
+        if not isinstance(run_state[key], torch.Tensor) or run_state[key].dtype != torch.uint8:
+            return f"the run in progress has a malformed random state ({key})"
+    return None
+
+
+def _history_ok(history: object) -> bool:
+    fields = {f.name for f in dataclasses.fields(EpochRecord)}
+    return isinstance(history, list) and all(
+        isinstance(r, dict) and set(r) == fields for r in history
+    )
+
+
+def _weights_ok(weights: object) -> bool:
+    return isinstance(weights, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    )
+
+
+@dataclasses.dataclass
+class Trained:
+    """What `train_all` finished: the runs, each contender's first-seed model, whether Ctrl-C
+    stopped it, and the one-line reason if a run failed during training."""
+
+    results: list[RunResult]
+    first_models: dict[str, nn.Module]
+    interrupted: bool = False
+    failure: str | None = None
+
+
+def show_progress_bars(args: argparse.Namespace) -> bool:
+    """Bars only on a terminal: without one (CI logs, pipes, ``| tee``) every refresh would be a
+    new line, so one line per finished run is printed instead."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def train_all(
@@ -380,10 +499,10 @@ def train_all(
     out: Path,
     *,
     warm_start: bool = False,
-) -> tuple[list[RunResult], dict[str, nn.Module], bool]:
-    """Every contender with every seed, in order. Returns the finished runs, each contender's
-    model from its first seed, and whether Ctrl-C stopped it (the finished runs are kept).
-    With ``warm_start`` each run starts from the previous contender's weights (same seed).
+) -> Trained:
+    """Every contender with every seed, in order; the finished runs are kept when Ctrl-C stops it
+    or when a run fails during training (its reason in ``failure``). With ``warm_start`` each run
+    starts from the previous contender's weights (same seed).
 
     After every epoch the whole state goes to ``out/checkpoint.pt``; ``args.resume_state``
     (from ``--resume``) continues from there to bitwise the same results.
@@ -396,22 +515,14 @@ def train_all(
         "completed": list(resume.get("completed", [])),
         "current": None,
     }
-    results: list[RunResult] = []
-    first_models: dict[str, nn.Module] = {}
+    trained = Trained([], {})
     previous: dict[int, dict] = {}
     pending = resume.get("current")
-    try:
-        for index, (c, seed) in enumerate((c, s) for c in contenders for s in seed_list):
+    bars = show_progress_bars(args)
+    for index, (c, seed) in enumerate((c, s) for c in contenders for s in seed_list):
+        try:
             if index < len(checkpoint["completed"]):
-                saved = checkpoint["completed"][index]
-                result = RunResult(
-                    c.label,
-                    seed,
-                    [EpochRecord(**r) for r in saved["history"]],
-                    saved["wall_time"],
-                    model=build_model(data, config, seed),
-                )
-                result.model.load_state_dict(saved["model"])
+                result = _restored(checkpoint["completed"][index], c, seed, data, config)
             else:
 
                 def on_epoch(state: dict, index: int = index) -> None:
@@ -424,7 +535,7 @@ def train_all(
                     c,
                     config,
                     seed,
-                    progress=not args.quiet,
+                    progress=bars,
                     init_state=previous.get(seed),
                     keep_model=True,
                     resume=state,
@@ -439,17 +550,67 @@ def train_all(
                 )
                 checkpoint["current"] = None
                 save_checkpoint(out / CHECKPOINT, checkpoint)
-            if warm_start:
-                previous[seed] = clone_state(result.model)
-            if seed == seed_list[0]:
-                first_models[c.label] = result.model
-            result.model = None
-            results.append(result)
-            finished(args, result)
-    except KeyboardInterrupt:
-        echo(f"\ninterrupted: keeping the {len(results)} finished run(s)", file=sys.stderr)
-        return results, first_models, True
-    return results, first_models, False
+        except KeyboardInterrupt:
+            echo(
+                f"\ninterrupted: keeping the {len(trained.results)} finished run(s)",
+                file=sys.stderr,
+            )
+            trained.interrupted = True
+            return trained
+        except CommandError:
+            raise
+        except ResumeError as exc:
+            raise CommandError(f"checkpoint: {exc}") from None
+        except Exception as exc:  # a failure only training could reveal: keep what finished
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            trained.failure = (
+                f"{c.label} (seed {seed}) failed during training: {type(exc).__name__}"
+                + (f": {reason[:300]}" if reason else "")
+            )
+            return trained
+        if warm_start:
+            previous[seed] = clone_state(result.model)
+        if seed == seed_list[0]:
+            trained.first_models[c.label] = result.model
+        result.model = None
+        trained.results.append(result)
+        if not bars:
+            echo(f"finished {result.contender} (seed {result.seed}) in {result.wall_time:.1f} s")
+    return trained
+
+
+def _restored(
+    saved: dict, c: Contender, seed: int, data: datasets.Dataset, config: TrainConfig
+) -> RunResult:
+    """A finished run read back from the checkpoint."""
+    result = RunResult(
+        c.label,
+        seed,
+        [EpochRecord(**r) for r in saved["history"]],
+        saved["wall_time"],
+        model=build_model(data, config, seed),
+    )
+    try:
+        result.model.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        raise CommandError(
+            f"checkpoint: the weights of finished run {c.label} (seed {seed}) do not fit the "
+            f"model ({str(exc).strip().splitlines()[0][:200]})"
+        ) from None
+    return result
+
+
+def finish(trained: Trained) -> int:
+    """The exit code once the outputs are written: 130 after Ctrl-C, 1 (and one line) after a
+    failure during training, else 0."""
+    if trained.failure:
+        echo(
+            f"torchpenalty: error: {trained.failure}; the {len(trained.results)} finished "
+            "run(s) are in the outputs",
+            file=sys.stderr,
+        )
+        return 1
+    return 130 if trained.interrupted else 0
 
 
 def header(command: str, args: argparse.Namespace, data: datasets.Dataset, seed_list) -> dict:
@@ -462,12 +623,6 @@ def header(command: str, args: argparse.Namespace, data: datasets.Dataset, seed_
         "seeds": list(seed_list),
         "data": data_summary(data),
     }
-
-
-def finished(args: argparse.Namespace, result: RunResult) -> None:
-    """Without progress bars, one line per finished run."""
-    if args.quiet:
-        echo(f"finished {result.contender} (seed {result.seed}) in {result.wall_time:.1f} s")
 
 
 def describe_run(data: datasets.Dataset, config: TrainConfig, seed_list: Sequence[int]) -> str:

@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     common.add_model_flags(p)
     common.add_training_flags(p)
     common.add_output_flags(p)
-    p.set_defaults(handler=main)
+    p.set_defaults(handler=main, command_parser=p)
 
 
 def load_rules(path: Path) -> dict[str, str]:
@@ -128,11 +128,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for c in entrants:
         common.echo(f"  {c.label}: {c.describe()}")
 
-    results, final_models, interrupted = common.train_all(
-        args, data, config, entrants, seed_list, out
-    )
+    trained = common.train_all(args, data, config, entrants, seed_list, out)
+    results, final_models = trained.results, trained.first_models
     if not results:
-        return 130
+        return common.finish(trained)
 
     labels = [c.label for c in entrants]
     summary = summarize(results, labels)
@@ -161,11 +160,12 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ],
         "summary": summary,
         "runs": run_records(results),
-        "interrupted": interrupted,
+        "interrupted": trained.interrupted,
+        "failure": trained.failure,
     }
     write_json(out / "results.json", payload)
     write_history(out / "history.csv", results)
     plots.plot_curves(results, [s["contender"] for s in summary], data.task, out / "curves.png")
     plots.plot_weight_histograms(final_models, out / "weights.png")
     common.echo(f"\nwrote {out}/: results.json, history.csv, curves.png, weights.png")
-    return 130 if interrupted else 0
+    return common.finish(trained)

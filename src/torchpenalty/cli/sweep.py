@@ -37,13 +37,25 @@ def lam_grid(text: str) -> list[float]:
         num = common.positive_int(parts[2])
         if num < 2:
             raise argparse.ArgumentTypeError(f"a grid needs NUM >= 2 points, got {text!r}")
-        return [float(x) for x in np.geomspace(start, stop, num)]
+        grid = [float(x) for x in np.geomspace(start, stop, num)]
+        if len(set(grid)) != len(grid):
+            raise argparse.ArgumentTypeError(f"repeated strengths in the grid {text!r}")
+        return grid
     values = [common.non_negative_float(p.strip()) for p in text.split(",") if p.strip()]
     if len(values) < 2:
         raise argparse.ArgumentTypeError(f"a sweep needs at least 2 strengths, got {text!r}")
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"repeated strengths in {text!r}")
     return values
+
+
+def strength_labels(lams: list[float]) -> list[str]:
+    """The shortest labels (3 significant digits or more) that tell every strength apart."""
+    for digits in range(3, 18):
+        labels = [f"{lam:.{digits}g}" for lam in lams]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise ValueError(f"repeated strengths in {lams}")  # lam_grid refuses these already
 
 
 def unit_penalty(text: str) -> Penalty:
@@ -92,7 +104,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     common.add_model_flags(p)
     common.add_training_flags(p)
     common.add_output_flags(p)
-    p.set_defaults(handler=main)
+    p.set_defaults(handler=main, command_parser=p)
 
 
 def choose(summary: list[dict[str, Any]], task: str) -> dict[str, Any]:
@@ -106,8 +118,14 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     data = common.load_data(args)
     config = common.train_config(args)
     lams = sorted(args.lams, reverse=True) if args.warm_start else list(args.lams)
-    entrants = [Contender(f"{lam:.3g}", lam * args.reg, args.mode) for lam in lams]
-    common.check_setup(parser, data, config, entrants[:1])
+    try:
+        entrants = [
+            Contender(label, lam * args.reg, args.mode)
+            for label, lam in zip(strength_labels(lams), lams, strict=True)
+        ]
+    except ValueError as exc:  # lambda times a strength of the spec overflows
+        parser.error(f"--lams: {exc}")
+    common.check_setup(parser, data, config, entrants)
     out = common.output_dir(args, "sweep")
     seed_list = common.seeds(args)
     common.echo(common.describe_run(data, config, seed_list))
@@ -116,11 +134,12 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         + (", warm-started" if args.warm_start else "")
     )
 
-    results, first_models, interrupted = common.train_all(
+    trained = common.train_all(
         args, data, config, entrants, seed_list, out, warm_start=args.warm_start
     )
+    results, first_models = trained.results, trained.first_models
     if not results:
-        return 130
+        return common.finish(trained)
 
     summary = summarize(results, [c.label for c in entrants])
     for row in summary:
@@ -152,10 +171,11 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 "test_metric": best["test_metric"],
             },
             "runs": run_records(results),
-            "interrupted": interrupted,
+            "interrupted": trained.interrupted,
+            "failure": trained.failure,
         },
     )
     write_history(out / "history.csv", results)
     plots.plot_sweep(summary, data.task, best["lam"], out / "sweep.png")
     common.echo(f"\nwrote {out}/: results.json, history.csv, sweep.png")
-    return 130 if interrupted else 0
+    return common.finish(trained)

@@ -25,6 +25,7 @@ import torch
 
 Task = Literal["classification", "regression"]
 SPLIT_SEED = 0  # the data split is fixed; --seed varies initialisation and batch order
+AUTO_MAX_CLASSES = 20  # --task auto: whole-number labels with at most this many values are classes
 
 
 class DataError(ValueError):
@@ -43,6 +44,8 @@ class Dataset:
     y_test: torch.Tensor
     n_classes: int | None = None
     image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for CNNs
+    #: the original label of each class index (CSV data: classes are the distinct values, sorted)
+    class_labels: list[int | float] | None = None
 
     @property
     def n_features(self) -> int:
@@ -167,13 +170,32 @@ def _find_idx(folder: Path, stem: str) -> Path:
     )
 
 
+#: training images needed: at least one for training and one for validation
+MIN_TRAIN_IMAGES = 2
+
+
 def _check_mnist(source: str, images: np.ndarray, labels: np.ndarray, split: str) -> None:
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{source}: {split} images must have shape (N, 28, 28), got {images.shape}")
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise DataError(f"{source}: {split} images must be numbers, got dtype {images.dtype}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise DataError(
             f"{source}: {split} labels must have shape ({len(images)},), got {labels.shape}"
         )
+    least = MIN_TRAIN_IMAGES if split == "training" else 1
+    if len(images) < least:
+        raise DataError(
+            f"{source}: needs at least {least} {split} image(s) "
+            f"({'one to train on and one to validate with' if least > 1 else 'to test on'}), "
+            f"has {len(images)}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        whole = np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))
+        if not whole:
+            raise DataError(
+                f"{source}: {split} labels must be whole numbers 0..9, got dtype {labels.dtype}"
+            )
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataError(
             f"{source}: {split} labels must be in 0..9, found {labels.min()}..{labels.max()}"
@@ -262,10 +284,10 @@ def load_csv(
     x = np.delete(values, t, axis=1)
     if x.shape[1] == 0:
         raise DataError(f"{path}: no feature columns besides the target {target!r}")
-    if task == "auto":
+    if task == "auto":  # whole-number labels with at most 20 distinct values are classes
         task = (
             "classification"
-            if np.all(y == np.round(y)) and len(np.unique(y)) <= 20
+            if np.all(y == np.round(y)) and len(np.unique(y)) <= AUTO_MAX_CLASSES
             else "regression"
         )
     if len(y) < 10:
@@ -274,16 +296,38 @@ def load_csv(
         )
     x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
     if task == "classification":
-        if np.any(y != np.round(y)) or y.min() < 0:
-            raise DataError(f"{path}: classification labels in {target!r} must be integers >= 0")
-        n_classes = int(y.max()) + 1
-        counts = np.bincount(y.astype(int))
-        if counts[counts > 0].min() < 5:
+        # classes are the distinct label values, in order: never allocate by a label's value
+        labels, y_class = np.unique(y, return_inverse=True)
+        if len(labels) < 2:
+            raise DataError(f"{path}: classification needs 2 or more classes in {target!r}")
+        if len(labels) > MAX_CLASSES:
             raise DataError(
-                f"{path}: every class in {target!r} needs at least 5 rows for a stratified split"
+                f"{path}: {len(labels)} distinct values in {target!r} are too many classes "
+                f"(at most {MAX_CLASSES}); use --task regression"
             )
-        return _split(path.name, x, y.astype(np.int64), "classification", n_classes)
+        counts = np.bincount(y_class)
+        if counts.min() < 5:
+            rare = labels[counts.argmin()]
+            raise DataError(
+                f"{path}: every class in {target!r} needs at least 5 rows for a stratified "
+                f"split; class {_label_text(rare)} has {counts.min()}"
+            )
+        data = _split(path.name, x, y_class.astype(np.int64), "classification", len(labels))
+        data.class_labels = [_label_value(v) for v in labels]
+        return data
     return _split(path.name, x, y, "regression", None)
+
+
+#: more distinct labels than this make classification over a CSV column an error
+MAX_CLASSES = 1000
+
+
+def _label_value(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _label_text(v: float) -> str:
+    return str(_label_value(v))
 
 
 def load(spec: str, *, target: str | None = None, task: str = "auto") -> Dataset:

@@ -136,10 +136,27 @@ def run_records(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     ]
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, so that strict JSON parsers
+    (jq, JavaScript's JSON.parse) read the file; other objects become their ``str``."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return str(value)
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically (temporary file, then rename), so a reader never sees half a file."""
+    """Write strict JSON (no NaN or Infinity: null) atomically (temporary file, then rename), so
+    a reader never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(strict_json(payload), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

@@ -25,6 +25,10 @@ from .data import Dataset
 MODES = ("loss", "grad", "decoupled", "proximal")
 
 
+class ResumeError(ValueError):
+    """A saved run state (``run(resume=...)``) that cannot continue this run."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Contender:
     """What is compared: ``penalty`` applied in ``mode``, or the optimizer's ``weight_decay``."""
@@ -55,6 +59,7 @@ class TrainConfig:
     batch_size: int = 64
     device: str = "cpu"
     init_std: float | None = None  # weights ~ N(0, init_std^2), biases 0 (d2l.ai); None: torch's
+    half_squared_error: bool = False  # regression loss (y_hat - y)^2 / 2, d2l.ai's squared_loss
 
 
 @dataclasses.dataclass
@@ -96,6 +101,16 @@ def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
     }
 
 
+#: optimizers that refuse dense gradients
+SPARSE_GRADIENT_ONLY = (torch.optim.SparseAdam,)
+
+
+def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` requires a closure (LBFGS evaluates the loss several times)."""
+    closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
 def make_optimizer(
     name: str, params, *, lr: float, momentum: float | None, weight_decay: float
 ) -> torch.optim.Optimizer:
@@ -103,6 +118,11 @@ def make_optimizer(
     if name.lower() not in classes:
         raise ValueError(f"optimizer must be one of {', '.join(sorted(classes))}, got {name!r}")
     cls = classes[name.lower()]
+    if cls in SPARSE_GRADIENT_ONLY:
+        raise ValueError(
+            f"optimizer {cls.__name__} takes sparse gradients only (nn.Embedding(sparse=True)); "
+            "the models here have dense gradients: use adam"
+        )
     accepted = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {"lr": lr}
     if "weight_decay" in accepted:
@@ -116,17 +136,28 @@ def make_optimizer(
     return cls(params, **kwargs)
 
 
-def loss_function(data: Dataset) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_function(
+    data: Dataset, config: TrainConfig | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy, or the mean squared error (halved with ``config.half_squared_error``)."""
     if data.task == "classification":
         return nn.functional.cross_entropy
+    if config is not None and config.half_squared_error:
+        return lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y) / 2
     return lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, data: Dataset) -> torch.Tensor:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data: Dataset,
+    config: TrainConfig | None = None,
+) -> torch.Tensor:
     """``[mean loss, metric]`` as one tensor (no sync): accuracy, or MSE for regression."""
     model.eval()
-    loss_fn = loss_function(data)
+    loss_fn = loss_function(data, config)
     total_loss = torch.zeros((), device=x.device)
     total_metric = torch.zeros((), device=x.device)
     for start in range(0, len(x), 4096):
@@ -206,19 +237,26 @@ def run(
         b.penalty.group_stats(b.params[0]) is not None for b in reg.buckets
     )
 
-    loss_fn = loss_function(data)
+    loss_fn = loss_function(data, config)
     shuffle = torch.Generator().manual_seed(seed)
     history: list[EpochRecord] = []
     first_epoch, elapsed = 1, 0.0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        if reg is not None:
-            reg.load_state_dict(resume["regularizer"])
-        shuffle.set_state(resume["shuffle"])
-        torch.set_rng_state(resume["rng"])
-        history = [EpochRecord(**r) for r in resume["history"]]
-        first_epoch, elapsed = resume["epoch"] + 1, resume["elapsed"]
+        try:
+            model.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
+            if reg is not None:
+                reg.load_state_dict(resume["regularizer"])
+            shuffle.set_state(resume["shuffle"])
+            torch.set_rng_state(resume["rng"])
+            history = [EpochRecord(**r) for r in resume["history"]]
+            first_epoch, elapsed = resume["epoch"] + 1, float(resume["elapsed"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ResumeError(
+                f"the saved state of {contender.label} (seed {seed}) does not fit this run: "
+                f"{reason[:200]}"
+            ) from None
     start = time.perf_counter() - elapsed
     bar = tqdm(
         range(first_epoch, config.epochs + 1),
@@ -228,22 +266,31 @@ def run(
         leave=True,
         dynamic_ncols=True,
     )
+    with_closure = needs_closure(opt)
     for epoch in bar:
         order = torch.randperm(len(x_train), generator=shuffle).to(device)
         for i in range(0, len(order), config.batch_size):
             idx = order[i : i + config.batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_train[idx]), y_train[idx])
-            if reg is not None and contender.mode == "loss":
-                loss = loss + reg()
-            loss.backward()
-            opt.step()
+
+            def closure(idx: torch.Tensor = idx) -> torch.Tensor:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x_train[idx]), y_train[idx])
+                if reg is not None and contender.mode == "loss":
+                    loss = loss + reg()
+                loss.backward()
+                return loss
+
+            if with_closure:
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
         figures = torch.cat(
             [
-                evaluate(model, x_train, y_train, data)[:1],
+                evaluate(model, x_train, y_train, data, config)[:1],
                 shown.value().reshape(1).to(device, torch.float32),
-                evaluate(model, *splits[0], data),
-                evaluate(model, *splits[1], data),
+                evaluate(model, *splits[0], data, config),
+                evaluate(model, *splits[1], data, config),
             ]
         ).tolist()  # the epoch's one sync
         report = weights.report()

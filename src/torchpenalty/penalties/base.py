@@ -117,6 +117,10 @@ class Penalty(ABC):
         """``(number of all-zero groups, number of groups)`` for group penalties, else None."""
         return None
 
+    def strengths(self) -> list[float]:
+        """Every strength (numeric argument) of the penalty, terms of a sum included."""
+        return [v for v in self.params().values() if isinstance(v, float)]
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={_spec_value(v)}" for k, v in self.params().items())
         return f"{self.name}({args})"
@@ -192,6 +196,20 @@ def lookup(name: str) -> type[Penalty]:
 def known_names() -> list[str]:
     """The names spec strings accept."""
     return sorted(k for k, cls in REGISTRY.items() if cls.in_specs)
+
+
+def check_strengths_fit(penalty: Penalty, name: str, dtype: torch.dtype) -> None:
+    """Raise `ValueError` if a strength of ``penalty`` is not representable in ``dtype`` (it
+    would turn every value, gradient and update of parameter ``name`` into inf or NaN)."""
+    if not dtype.is_floating_point:
+        return
+    largest = torch.finfo(dtype).max
+    over = [s for s in penalty.strengths() if s > largest]
+    if over:
+        raise ValueError(
+            f"{penalty!r} cannot apply to {name!r}: strength {over[0]:g} overflows its dtype "
+            f"{str(dtype).removeprefix('torch.')} (largest finite value {largest:.4g})"
+        )
 
 
 def check_input(w: object, step: object | None = None) -> Scalar | None:

@@ -125,6 +125,9 @@ class Sum(Penalty):
         for t in self.terms:
             t.check_tensor(name, w)
 
+    def strengths(self) -> list[float]:
+        return [s for t in self.terms for s in t.strengths()]
+
     def group_stats(self, w: Tensor) -> tuple[Tensor, int] | None:
         return next((s for t in self.terms if (s := t.group_stats(w)) is not None), None)
 
