@@ -170,3 +170,15 @@ def test_decay_and_prox_steps_without_an_optimizer(model):
     torch.testing.assert_close(model.fc.weight, soft / (1 + 0.1 * 0.2))
     with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
         reg.decay_(-1.0)
+
+
+@pytest.mark.parametrize("spec", ["l2(1e39)", "l1(1e-3) + group_lasso(1e39)"])
+def test_strengths_that_overflow_the_dtype_are_refused(spec):
+    single = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match=r"overflows its dtype float32 \(largest finite value"):
+        Regularizer(single, spec)
+    double = nn.Sequential(nn.Linear(3, 3)).double()
+    saved = Regularizer(double, spec).state_dict()  # float64 holds it
+    reg = Regularizer(single, "l2")
+    with pytest.raises(ValueError, match="overflows its dtype float32"):
+        reg.load_state_dict(saved)

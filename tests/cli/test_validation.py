@@ -52,6 +52,11 @@ def test_compare_validates_every_contender_before_training(tmp_path, capsys, arg
     assert not out.exists()  # nothing was started, so nothing was written
 
 
+def test_an_overflowing_weight_decay_is_refused_before_training(tmp_path, capsys):
+    argv = ["compare", *SMALL, "--reg", "none", "--weight-decay", "1e39", "--out", tmp_path / "o"]
+    usage_error(capsys, "--weight-decay 1e+39", *argv)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -213,6 +218,9 @@ def checkpoint_with(tmp_path, **content):
         ({"current": {"index": 0, "state": {"epoch": 1}}}, "the run in progress lacks"),
         ({"completed": [{"history": [], "wall_time": 1.0, "model": {"0.weight": torch.zeros(2)}}]},
          "do not fit the model"),
+        ({"completed": [{"history": [], "wall_time": 1.0, "model": {}}] * 9},
+         "which does not fit this run's 4 run(s)"),
+        ({"argv": ["compare", "--epochs", "zero"]}, "the arguments it records do not parse"),
     ],
 )  # fmt: skip
 def test_corrupt_checkpoint_content_is_one_line(tmp_path, capsys, content, message):

@@ -7,7 +7,9 @@ traceback), 130 interrupted (the finished runs are kept and reported).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -46,7 +48,15 @@ def _check_extras() -> None:
 def resumed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """The stopped run's own arguments, writing into the checkpoint's folder."""
     state = load_checkpoint(args.resume)
-    saved = parser.parse_args(state["argv"])
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            saved = parser.parse_args(state["argv"])
+    except SystemExit:
+        reason = said.getvalue().strip().partition("error: ")[2]
+        raise CommandError(
+            f"{args.resume}: corrupt checkpoint: the arguments it records do not parse ({reason})"
+        ) from None
     if saved.command != args.command:
         raise CommandError(
             f"{args.resume}: a checkpoint of '{saved.command}', not '{args.command}'"

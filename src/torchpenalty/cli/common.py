@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import torchpenalty
-from torchpenalty import Regularizer
+from torchpenalty import L2, Regularizer
 from torchpenalty.experiments import data as datasets
 from torchpenalty.experiments.models import ACTIVATIONS, MODELS
 from torchpenalty.experiments.results import environment
@@ -319,6 +319,11 @@ def check_setup(
             )
         except ValueError as exc:
             parser.error(str(exc) if len(contenders) == 1 else where + str(exc))
+        if c.weight_decay:
+            try:  # run() reports the optimizer's decay as L2 on every parameter
+                Regularizer(model, L2(c.weight_decay), among="all")
+            except ValueError as exc:
+                parser.error(f"--weight-decay {c.weight_decay:g}: {exc}")
         if c.penalty is None:
             continue
         try:
@@ -518,6 +523,14 @@ def train_all(
     trained = Trained([], {})
     previous: dict[int, dict] = {}
     pending = resume.get("current")
+    total = len(contenders) * len(seed_list)
+    done = len(checkpoint["completed"])
+    if done > total or (pending is not None and (pending["index"] != done or done == total)):
+        raise CommandError(
+            f"checkpoint: corrupt checkpoint: it records {done} finished run(s)"
+            + ("" if pending is None else f" and run {pending['index']} in progress")
+            + f", which does not fit this run's {total} run(s)"
+        )
     bars = show_progress_bars(args)
     for index, (c, seed) in enumerate((c, s) for c in contenders for s in seed_list):
         try:
