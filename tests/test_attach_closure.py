@@ -18,26 +18,31 @@ STEPS = 25
 LAM = 0.05
 
 
+def batch_closure(model, optimizer, x, y, extra_loss=None):
+    """A closure that zeroes the gradients, as Lightning's and LBFGS's closures do."""
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def train_with_closure(model, optimizer, *, steps=STEPS, keyword=True, extra_loss=None):
-    """Every step through ``step(closure)``; the closure zeroes the gradients, as Lightning's
-    and LBFGS's closures do."""
+    """Every step through ``step(closure)``."""
     for x, y in make_batches(steps):
-
-        def closure(x=x, y=y):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            loss.backward()
-            return loss
-
+        closure = batch_closure(model, optimizer, x, y, extra_loss)
         if keyword:
             optimizer.step(closure=closure)
         else:
             optimizer.step(closure)
 
 
-CLOSURE_OPTIMIZERS = {
+OPTIMIZERS = {
     "sgd-momentum": lambda groups, **kw: torch.optim.SGD(groups, lr=0.1, momentum=0.9, **kw),
     "adam": lambda groups, **kw: torch.optim.Adam(groups, lr=1e-2, **kw),
     "rmsprop": lambda groups, **kw: torch.optim.RMSprop(groups, lr=1e-3, **kw),
@@ -46,9 +51,9 @@ CLOSURE_OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("keyword", [True, False], ids=["closure=", "positional"])
-@pytest.mark.parametrize("optimizer", list(CLOSURE_OPTIMIZERS))
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_grad_mode_with_closure_equals_weight_decay(optimizer, keyword):
-    make = CLOSURE_OPTIMIZERS[optimizer]
+    make = OPTIMIZERS[optimizer]
     reference = make_model()
     ours = copy.deepcopy(reference)
     train_with_closure(reference, make(weight_groups(reference, weight_decay=LAM)))
@@ -92,14 +97,7 @@ def test_the_closure_returns_the_regularized_loss():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     reg.attach(opt, mode="grad")
     x, y = make_batches(1)[0]
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    returned = opt.step(closure)
+    returned = opt.step(batch_closure(model, opt, x, y))
     expected = F.cross_entropy(model(x), y) + reg()
     torch.testing.assert_close(returned, expected.detach())
 
@@ -141,25 +139,11 @@ def test_decoupled_refuses_an_optimizer_that_calls_the_closure_twice(model):
 
     opt = TwiceSGD(model.parameters(), lr=0.1)
     Regularizer(model, L2(LAM)).attach(opt, mode="decoupled")
-    x, y = make_batches(1)[0]
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
     with pytest.raises(RuntimeError, match="evaluated the closure more than once"):
-        opt.step(closure)
+        opt.step(batch_closure(model, opt, *make_batches(1)[0]))
 
 
 # -- maximize=True ----------------------------------------------------------------------------
-MAXIMIZERS = {
-    "sgd-momentum": lambda groups, **kw: torch.optim.SGD(groups, lr=0.05, momentum=0.9, **kw),
-    "adam": lambda groups, **kw: torch.optim.Adam(groups, lr=1e-2, **kw),
-    "rmsprop": lambda groups, **kw: torch.optim.RMSprop(groups, lr=1e-3, **kw),
-    "adagrad": lambda groups, **kw: torch.optim.Adagrad(groups, lr=1e-2, **kw),
-}
 
 
 def maximize_negative_loss(model, optimizer, steps=STEPS):
@@ -169,9 +153,9 @@ def maximize_negative_loss(model, optimizer, steps=STEPS):
         optimizer.step()
 
 
-@pytest.mark.parametrize("optimizer", list(MAXIMIZERS))
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_grad_mode_under_maximize_equals_weight_decay(optimizer):
-    make = MAXIMIZERS[optimizer]
+    make = OPTIMIZERS[optimizer]
     reference = make_model()
     ours = copy.deepcopy(reference)
     maximize_negative_loss(

@@ -138,6 +138,44 @@ def _with_closure(args: tuple, kwargs: dict, wrap: Any) -> tuple[tuple, dict] | 
     return (args[0], wrap(args[1]), *args[2:]), kwargs
 
 
+def _before_update(
+    opt: torch.optim.Optimizer,
+    args: tuple,
+    kwargs: dict,
+    action: Any,
+    *,
+    result: Any = None,
+    once: str | None = None,
+) -> tuple[tuple, dict] | None:
+    """A step pre-hook's work: ``action(opt)`` right before the update. Without a closure that is
+    now; with one, the closure is wrapped to run ``action`` after it computed the gradients (and
+    to return ``result(loss)``). ``once`` names a mode that cannot be exact if the optimizer
+    evaluates the closure more than once per step."""
+
+    def wrap(closure: Any) -> Any:
+        calls = 0
+
+        def closure_then_action() -> Any:
+            nonlocal calls
+            calls += 1
+            if once is not None and calls > 1:
+                raise RuntimeError(
+                    f"{once}: {type(opt).__name__} evaluated the closure more than once in one "
+                    "step, so the update has no single place to go; use mode='grad' or the loss "
+                    "mode with this optimizer"
+                )
+            loss = closure()
+            action(opt)
+            return loss if result is None else result(loss)
+
+        return closure_then_action
+
+    wrapped = _with_closure(args, kwargs, wrap)
+    if wrapped is None:
+        action(opt)
+    return wrapped
+
+
 def _signed(loss: Any, value: Any) -> Any:
     """``loss + value`` for a closure's loss of any kind (tensor, number or None)."""
     if loss is None:
@@ -226,43 +264,14 @@ def attach(
     # Lightning): the closure is wrapped so the penalty lands after it, exactly as without one.
     def grad_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         sign = -1.0 if opt.param_groups and opt.param_groups[0].get("maximize", False) else 1.0
-
-        def wrap(closure: Any) -> Any:
-            def closure_with_penalty() -> Any:
-                loss = closure()
-                add_grads(opt)
-                # the loss of the function whose gradient the optimizer gets (line searches)
-                return _signed(loss, sign * reg.value())
-
-            return closure_with_penalty
-
-        wrapped = _with_closure(args, kwargs, wrap)
-        if wrapped is None:
-            add_grads(opt)
-        return wrapped
+        # the closure returns the loss whose gradient the optimizer gets (line searches read it)
+        return _before_update(
+            opt, args, kwargs, add_grads, result=lambda loss: _signed(loss, sign * reg.value())
+        )
 
     def decoupled_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
-        def wrap(closure: Any) -> Any:
-            calls = [0]
-
-            def closure_then_decay() -> Any:
-                calls[0] += 1
-                if calls[0] > 1:
-                    raise RuntimeError(
-                        f"mode='decoupled': {type(opt).__name__} evaluated the closure more than "
-                        "once in one step, so the decay has no single place to go; use "
-                        "mode='grad' or the loss mode with this optimizer"
-                    )
-                loss = closure()
-                apply_steps(opt)  # after the gradient, before the update: AdamW's order
-                return loss
-
-            return closure_then_decay
-
-        wrapped = _with_closure(args, kwargs, wrap)
-        if wrapped is None:
-            apply_steps(opt)
-        return wrapped
+        # after the gradient, before the update: AdamW's order
+        return _before_update(opt, args, kwargs, apply_steps, once="mode='decoupled'")
 
     def proximal_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         apply_steps(opt)
