@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
 import torch
+
+from torchpenalty import Penalty
 
 from .conftest import WEIGHTS
 
@@ -22,3 +28,29 @@ def assert_same_parameters(a, b, rtol):
 def assert_moved(model, initial):
     pairs = zip(model.parameters(), initial.parameters(), strict=True)
     assert any(not torch.equal(p, q) for p, q in pairs)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class LogCosh(Penalty):
+    """A user-defined smooth penalty: value = lam * sum(log cosh w); no closed-form prox needed."""
+
+    lam: float = 1.0
+    name: ClassVar[str] = "test_logcosh"
+
+    def value(self, w):
+        return (
+            self.lam * np.log(np.cosh(w)).sum()
+            if isinstance(w, np.ndarray)
+            else (self.lam * torch.log(torch.cosh(w)).sum())
+        )
+
+    def grad(self, w):
+        return self.lam * (np.tanh(w) if isinstance(w, np.ndarray) else torch.tanh(w))
+
+    def prox(self, w, step):
+        # prox by a few Newton steps on x - w + step*lam*tanh(x) = 0 (monotone, converges)
+        x = w * 1.0
+        for _ in range(50):
+            th = np.tanh(x) if isinstance(x, np.ndarray) else torch.tanh(x)
+            x = x - (x - w + step * self.lam * th) / (1 + step * self.lam * (1 - th * th))
+        return x

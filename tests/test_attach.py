@@ -12,7 +12,7 @@ from torch import nn
 from torchpenalty import L1, L2, Regularizer
 
 from .conftest import WEIGHTS, make_batches, make_model
-from .helpers import assert_moved, assert_same_parameters, weight_groups
+from .helpers import LogCosh, assert_moved, assert_same_parameters, weight_groups
 
 LAM = 0.05
 STEPS = 60
@@ -180,8 +180,6 @@ def test_attach_errors(model):
 
 
 def test_proximal_refuses_sums_without_a_closed_prox(model):
-    from .penalties.test_composite import LogCosh
-
     reg = Regularizer(model, LogCosh(0.1) + L1(0.1))
     with pytest.raises(ValueError, match="no closed form"):
         reg.attach(torch.optim.SGD(model.parameters(), lr=0.1), mode="proximal")

@@ -132,12 +132,12 @@ def test_bf16_updates_are_computed_in_float32_and_rounded_once(penalty):
         l1, l2 = penalty.l1_coef, penalty.l2_coef
         lr = 0.01
         expected = (w32 * (1 - lr * l2) - torch.sign(w32) * (lr * l1)).bfloat16()
-        penalty._decay_([w], lr)
+        penalty.decay_([w], lr)
         assert torch.equal(w, expected)
         w = w32.bfloat16()
         soft = w32 - w32.clamp(-lr * l1, lr * l1)
         expected = (soft / (1 + lr * l2)).bfloat16()
-        penalty._prox_([w], lr)
+        penalty.prox_([w], lr)
         assert torch.equal(w, expected)
     finally:
         kernels.set_backend("auto")

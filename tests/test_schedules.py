@@ -143,3 +143,11 @@ def test_state_dict_carries_the_schedule_and_its_step(model):
 def test_bad_schedules(model, make, error, match):
     with pytest.raises(error, match=match):
         make(model)
+
+
+def test_a_schedule_name_registers_once():
+    from torchpenalty.schedules import SCHEDULES, Linear, register
+
+    with pytest.raises(ValueError, match="schedule name linear is already registered"):
+        register(type("Other", (Linear,), {"name": "linear"}))
+    assert SCHEDULES.lookup("linear") is Linear

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .amp import gradient_scale
 from .penalties import Penalty
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def _group_of(reg: Regularizer, optimizer: torch.optim.Optimizer) -> list[dict[s
 def _plan(reg: Regularizer, optimizer: torch.optim.Optimizer) -> list[_Slice]:
     groups = _group_of(reg, optimizer)
     slices: dict[tuple[int, int], _Slice] = {}
-    for b_index, bucket in enumerate(reg.buckets):
+    for b_index, bucket in enumerate(reg._buckets):
         for i, p in zip(bucket.indices, bucket.params, strict=True):
             group = groups[i]
             key = (b_index, id(group))
@@ -227,20 +228,18 @@ def attach(
             f"{type(optimizer).__name__} (the closure's loss gets +R or -R); got both"
         )
 
-    state = {"version": reg.version, "plan": plan}
+    state = {"version": reg._version, "plan": plan}
 
     def current_plan() -> list[_Slice]:
         reg._refresh()  # follows parameters replaced in the model
-        if state["version"] != reg.version:  # penalties reloaded or parameters rebound
-            state["version"], state["plan"] = reg.version, _plan(reg, optimizer)
+        if state["version"] != reg._version:  # penalties reloaded or parameters rebound
+            state["version"], state["plan"] = reg._version, _plan(reg, optimizer)
         return state["plan"]
 
     # GradScaler leaves `grad_scale` (gradients still scaled) and `found_inf` on optimizers that
     # unscale inside their own fused step; ordinary ones are unscaled before step(), and skipped.
     def add_grads(opt: torch.optim.Optimizer) -> None:
-        from .regularizer import _gradient_scale
-
-        scale = _gradient_scale(getattr(opt, "grad_scale", None))
+        scale = gradient_scale(getattr(opt, "grad_scale", None))
         with torch.no_grad():
             for s in current_plan():
                 # maximize=True negates the gradient inside step(); weight_decay is added after

@@ -22,9 +22,10 @@ and fused by the user's compilation instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -39,46 +40,84 @@ CHUNK_NUMEL = 1 << 18  # elements per eager chunk: the sign temporary stays cach
 MAX_SIGNATURES = 32
 Scalar = float | Tensor
 
-_state = {"backend": "auto", "compile_failed": False, "eager_only": 0}
-_signatures: dict[Callable, set[tuple]] = {}
+_default = {"backend": "auto"}  # the backend of regularizers built without backend=
+
+
+def check_backend(backend: object) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return str(backend)
 
 
 def set_backend(backend: Backend) -> None:
-    """Choose how penalties are applied: ``"auto"`` (default), ``"eager"`` or ``"compile"``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    _state["backend"] = backend
+    """The default backend of regularizers built from now on without ``backend=``: ``"auto"``
+    (the default), ``"eager"`` or ``"compile"``."""
+    _default["backend"] = check_backend(backend)
 
 
 def get_backend() -> str:
-    return _state["backend"]
+    """The default backend of new regularizers (`set_backend`)."""
+    return _default["backend"]
 
 
-@contextlib.contextmanager
-def eager_only() -> Iterator[None]:
-    """Within this block every kernel runs eagerly (e.g. for lists that change every call)."""
-    _state["eager_only"] += 1
-    try:
-        yield
-    finally:
-        _state["eager_only"] -= 1
+@dataclasses.dataclass
+class Kernels:
+    """How one regularizer runs the kernels: its ``backend``, the shape lists each compiled
+    kernel has seen (at most `MAX_SIGNATURES`, so dynamo's recompile limit is never reached),
+    and whether compilation failed on this platform (then eager from there on). Each
+    `Regularizer` owns one, so no state is shared between regularizers or threads."""
 
+    backend: str = dataclasses.field(default_factory=get_backend)
+    signatures: dict[Callable, set[tuple]] = dataclasses.field(default_factory=dict, repr=False)
+    compile_failed: bool = False
 
-def _use_compiled(kernel: Callable, ws: Sequence[Tensor]) -> bool:
-    backend = _state["backend"]
-    if backend == "eager" or _state["compile_failed"] or _state["eager_only"]:
-        return False
-    if torch.compiler.is_compiling():  # inside the user's compiled region: theirs fuses ours
-        return False
-    if backend == "auto" and sum(w.numel() for w in ws) < COMPILE_MIN_NUMEL:
-        return False
-    signature = (ws[0].device, ws[0].dtype, tuple(tuple(w.shape) for w in ws))
-    seen = _signatures.setdefault(kernel, set())
-    if signature not in seen:
-        if len(seen) >= MAX_SIGNATURES:
+    def __post_init__(self) -> None:
+        self.backend = check_backend(self.backend)
+
+    def use_compiled(self, kernel: Callable, ws: Sequence[Tensor]) -> bool:
+        if self.backend == "eager" or self.compile_failed:
             return False
-        seen.add(signature)
-    return True
+        if torch.compiler.is_compiling():  # inside the user's compiled region: theirs fuses ours
+            return False
+        if self.backend == "auto" and sum(w.numel() for w in ws) < COMPILE_MIN_NUMEL:
+            return False
+        signature = (ws[0].device, ws[0].dtype, tuple(tuple(w.shape) for w in ws))
+        seen = self.signatures.setdefault(kernel, set())
+        if signature not in seen:
+            if len(seen) >= MAX_SIGNATURES:
+                return False
+            seen.add(signature)
+        return True
+
+    def run_compiled(self, kernel: Callable, *args: object) -> tuple[bool, object]:
+        """Run the compiled ``kernel``: ``(True, result)``, or ``(False, None)`` and eager from
+        now on if this platform cannot compile (no C++ compiler, no Triton, ...)."""
+        try:
+            with _recompile_limit(MAX_SIGNATURES + 8):
+                return True, _compiled(kernel)(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            self.compile_failed = True
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            warnings.warn(
+                f"torchpenalty: compiled kernels are unavailable here ({reason}); using eager "
+                "kernels",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False, None
+
+
+#: always eager: for lists that change from call to call (loss-mode chunks), where compiling
+#: each would not pay; it never compiles, so it holds no state
+EAGER = Kernels("eager")
+
+
+def _recompile_limit(limit: int) -> contextlib.AbstractContextManager:
+    """dynamo's recompile limit for one call; the option is ``recompile_limit`` since torch 2.7
+    (``cache_size_limit`` before)."""
+    config = torch._dynamo.config
+    key = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{key: limit})
 
 
 def pack(sizes: Sequence[int], budget: int) -> list[list[int]]:
@@ -158,37 +197,26 @@ def _lists(*tensor_lists: Sequence[Tensor]) -> list[list[Tensor]]:
     return [[t.view(1) if t.dim() == 0 else t for t in ts] for ts in tensor_lists]
 
 
-def _run_compiled(kernel: Callable, *args: object) -> tuple[bool, object]:
-    """Run the compiled ``kernel``: ``(True, result)``, or ``(False, None)`` and eager from now
-    on if compilation fails on this platform."""
-    try:
-        with torch._dynamo.config.patch(recompile_limit=MAX_SIGNATURES + 8):
-            return True, _compiled(kernel)(*args)
-    except Exception as exc:  # no C++ compiler, no Triton, an unsupported platform, ...
-        _state["compile_failed"] = True
-        warnings.warn(
-            f"torchpenalty: compiled kernels are unavailable here ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); using eager kernels",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False, None
-
-
 # -- the four operations ---------------------------------------------------------------------
 def add_grad_(
-    ws: Sequence[Tensor], gs: Sequence[Tensor], l1: float, l2: float, scale: Tensor | None = None
+    ws: Sequence[Tensor],
+    gs: Sequence[Tensor],
+    l1: float,
+    l2: float,
+    scale: Tensor | None = None,
+    runner: Kernels | None = None,
 ) -> None:
     """``g += scale * (l1 * sign(w) + l2 * w)``; for L2 with no scale, torch.optim's
     ``weight_decay`` op. ``scale`` is a 0-dim tensor (a GradScaler's scale: the gradients are
     still scaled), applied without a device sync."""
     if not ws or not (l1 or l2):
         return
+    runner = runner or Kernels()
     if scale is not None:
-        _add_scaled_grad_(ws, gs, l1, l2, scale)
+        _add_scaled_grad_(ws, gs, l1, l2, scale, runner)
         return
-    if l1 and _use_compiled(_fused_grad, ws):
-        ok, _ = _run_compiled(
+    if l1 and runner.use_compiled(_fused_grad, ws):
+        ok, _ = runner.run_compiled(
             _fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]), _scalar(l2, ws[0]), bool(l2)
         )
         if ok:
@@ -202,11 +230,16 @@ def add_grad_(
 
 
 def _add_scaled_grad_(
-    ws: Sequence[Tensor], gs: Sequence[Tensor], l1: float, l2: float, scale: Tensor
+    ws: Sequence[Tensor],
+    gs: Sequence[Tensor],
+    l1: float,
+    l2: float,
+    scale: Tensor,
+    runner: Kernels,
 ) -> None:
-    if _use_compiled(_fused_grad, ws):
+    if runner.use_compiled(_fused_grad, ws):
         s = _scalar(scale, ws[0])
-        ok, _ = _run_compiled(
+        ok, _ = runner.run_compiled(
             _fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]) * s, _scalar(l2, ws[0]) * s, bool(l2)
         )
         if ok:
@@ -232,14 +265,17 @@ def _decay_low_precision_(ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float
         w.copy_(w32 * (1 - lr * l2) - torch.sign(w32) * (lr * l1))
 
 
-def decay_(ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float) -> None:
+def decay_(
+    ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float, runner: Kernels | None = None
+) -> None:
     """``w -= lr * (l1 * sign(w) + l2 * w)``; for L2 alone AdamW's ``w *= 1 - lr*l2``."""
     if not ws or not (l1 or l2):
         return
+    runner = runner or Kernels()
     lr = _precise(lr)
-    if l1 and _use_compiled(_fused_decay, ws):
+    if l1 and runner.use_compiled(_fused_decay, ws):
         shrink = _scalar(1 - lr * l2, ws[0])
-        ok, _ = _run_compiled(_fused_decay, *_lists(ws), _scalar(lr * l1, ws[0]), shrink)
+        ok, _ = runner.run_compiled(_fused_decay, *_lists(ws), _scalar(lr * l1, ws[0]), shrink)
         if ok:
             return
     if l1 and ws[0].dtype in LOW_PRECISION:  # a bf16 coefficient would round first
@@ -256,14 +292,17 @@ def decay_(ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float) -> None:
         torch._foreach_mul_(ws, 1 - lr * l2)  # AdamW's `param.mul_(1 - lr * weight_decay)`
 
 
-def prox_(ws: Sequence[Tensor], step: Scalar, l1: float, l2: float) -> None:
+def prox_(
+    ws: Sequence[Tensor], step: Scalar, l1: float, l2: float, runner: Kernels | None = None
+) -> None:
     """``w = soft(w, step*l1) / (1 + step*l2)``."""
     if not ws or not (l1 or l2):
         return
+    runner = runner or Kernels()
     step = _precise(step)
-    if l1 and _use_compiled(_fused_prox, ws):
+    if l1 and runner.use_compiled(_fused_prox, ws):
         args = (_scalar(step * l1, ws[0]), _scalar(1 + step * l2, ws[0]))
-        ok, _ = _run_compiled(_fused_prox, *_lists(ws), *args)
+        ok, _ = runner.run_compiled(_fused_prox, *_lists(ws), *args)
         if ok:
             return
     if l1 and ws[0].dtype in LOW_PRECISION:
@@ -280,11 +319,12 @@ def prox_(ws: Sequence[Tensor], step: Scalar, l1: float, l2: float) -> None:
         torch._foreach_div_(ws, 1 + step * l2)
 
 
-def value(ws: Sequence[Tensor], l1: float, l2: float) -> Tensor:
+def value(ws: Sequence[Tensor], l1: float, l2: float, runner: Kernels | None = None) -> Tensor:
     """``sum_i l1 * ||w_i||_1 + l2/2 * ||w_i||_2^2``, accumulated in float32 or wider."""
+    runner = runner or Kernels()
     dtype = torch.promote_types(ws[0].dtype, torch.float32)
-    if l1 and dtype == torch.float32 and _use_compiled(_fused_value, ws):
-        ok, total = _run_compiled(
+    if l1 and dtype == torch.float32 and runner.use_compiled(_fused_value, ws):
+        ok, total = runner.run_compiled(
             _fused_value, *_lists(ws), _scalar(l1, ws[0]), _scalar(l2 / 2, ws[0]), bool(l2)
         )
         if ok:

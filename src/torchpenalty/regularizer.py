@@ -5,26 +5,33 @@
 3. decoupled:  ``reg.attach(opt, mode="decoupled")``   (``w -= lr * grad R(w)`` before each step)
 4. proximal:   ``reg.attach(opt, mode="proximal")``    (``w = prox(w, lr)`` after each step)
 
-``reg.attach(opt, mode="grad")`` runs (2) before each step. All four use the same penalty math.
+``reg.attach(opt, mode="grad")`` runs (2) before each step. All four use the same penalty math,
+through the penalties' fast path (`Penalty.total_value`, ``add_grad_``, ``decay_``, ``prox_``),
+called once per bucket of parameters that share a penalty, a device and a dtype. The regularizer
+holds its `Sharding` (FSDP2 shards, or the world of one) and its `Kernels` (backend and compile
+state) and passes both explicitly; value, report and check_finite have one path, sharded or not.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from . import distributed, kernels
 from ._checks import check_step
+from .amp import RESOLUTION, gradient_scale
+from .attach import AttachHandle, Mode, attach
 from .binding import Binding
+from .kernels import EAGER, Backend, Kernels, get_backend, pack
 from .penalties import Penalty, parse
 from .penalties.base import check_strengths_fit
+from .penalties.batch import Batch
+from .reporting import Report, build_report
 from .schedules import Schedule, ScheduleLike, factor_at
 from .selection import (
     Among,
@@ -35,17 +42,14 @@ from .selection import (
     compile_rule,
     select_entries,
 )
-
-if TYPE_CHECKING:
-    from .attach import AttachHandle, Mode
-    from .reporting import Report
+from .sharding import Sharding, sum_parts
 
 PenaltyLike = Penalty | str
 PenaltyArg = PenaltyLike | Mapping[Any, PenaltyLike]
 
 
 @dataclasses.dataclass
-class Bucket:
+class _Bucket:
     """Parameters that share one penalty, device and dtype: one batched call each."""
 
     penalty: Penalty
@@ -77,66 +81,38 @@ def _assign(entries: list[Entry], penalty: PenaltyArg, model: nn.Module) -> list
     return assigned
 
 
-RESOLUTION = {torch.bfloat16: 2.0**-9, torch.float16: 2.0**-12}
-
-
-def _gradient_scale(scale: object) -> Tensor | None:
-    """The factor the gradients currently carry, as a 0-dim tensor (None: unscaled)."""
-    if scale is None:
-        return None
-    if isinstance(scale, torch.amp.GradScaler):
-        if not scale.is_enabled():
-            return None
-        # the scale tensor itself (get_scale() would sync the device); None before scale()
-        return scale._get_scale_async()
-    if isinstance(scale, Tensor):
-        return scale
-    return torch.tensor(check_step(scale, "scale"))
-
-
 class _PenaltyTotal(torch.autograd.Function):
     """``sum_i R(w_i)`` over a chunk of tensors as one autograd node whose backward is the
     closed-form gradient: no graph over the weights, and only the returned gradients allocated.
-    """
+    On FSDP2 shards the forward sums every process's share (one all-reduce) and the backward
+    returns each local gradient as a DTensor laid out like its parameter."""
 
     @staticmethod
-    def forward(ctx: Any, penalty: Penalty, *tensors: Tensor) -> Tensor:
-        ctx.penalty = penalty
-        ctx.save_for_backward(*tensors)
-        with kernels.eager_only():  # chunks differ call to call: compiling each would not pay
-            return penalty._total_value(tensors)
+    def forward(
+        ctx: Any, penalty: Penalty, sharding: Sharding, batch: Batch, *tensors: Tensor
+    ) -> Tensor:
+        ctx.penalty, ctx.sharding, ctx.batch, ctx.params = penalty, sharding, batch, tensors
+        ws = [w.detach() for w in sharding.locals(tensors)]
+        ctx.save_for_backward(*ws)
+        return sharding.total([penalty.total_value(ws, batch)])
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        tensors = ctx.saved_tensors
-        return (None, *ctx.penalty._grads(tensors, grad_out.to(tensors[0].device)))
+        ws = ctx.saved_tensors
+        grads = ctx.penalty.grads(ws, grad_out.to(ws[0].device), ctx.batch)
+        return (None, None, None, *ctx.sharding.like_params(grads, ctx.params))
 
 
-def _loss_chunks(buckets: Sequence[Bucket], params: Sequence[Tensor]) -> list[tuple]:
+def _loss_chunks(buckets: Sequence[_Bucket], params: Sequence[Tensor]) -> list[tuple]:
     """``(penalty, indices)`` runs of at most the largest tensor's size: one autograd node each,
     so backward holds at most one chunk's gradients before they are accumulated into ``.grad``."""
     budget = max(p.numel() for p in params)
     return [
         (b.penalty, [b.indices[k] for k in run])
         for b in buckets
-        for run in kernels.pack([params[i].numel() for i in b.indices], budget)
+        for run in pack([params[i].numel() for i in b.indices], budget)
     ]
-
-
-def _sum(parts: Sequence[Tensor]) -> Tensor:
-    """Partial totals of several devices and dtypes, added on the first one's device."""
-    dtype = parts[0].dtype
-    for p in parts[1:]:
-        dtype = torch.promote_types(dtype, p.dtype)
-    total = parts[0].to(dtype)
-    for p in parts[1:]:
-        total = total + p.to(device=total.device, dtype=dtype)
-    return total
-
-
-def _total(buckets: Sequence[tuple[Bucket, Penalty]], tensors: Sequence[Tensor]) -> Tensor:
-    return _sum([pen._total_value([tensors[i] for i in b.indices]) for b, pen in buckets])
 
 
 class Regularizer:
@@ -146,6 +122,9 @@ class Regularizer:
     ``{rule: penalty}`` for per-layer strengths, first matching rule wins (parameters no rule
     matches are not regularized). ``include`` / ``exclude`` / ``among`` choose the parameters as in
     `torchpenalty.select`; by default the weights, not biases or normalization parameters.
+    ``schedule`` multiplies every strength by ``schedule(step)``. ``backend`` (``"auto"``,
+    ``"eager"`` or ``"compile"``) chooses this regularizer's kernels; by default
+    `torchpenalty.kernels.get_backend()` at construction.
     """
 
     def __init__(
@@ -157,12 +136,14 @@ class Regularizer:
         exclude: Rule | None = None,
         among: Among = "weights",
         schedule: ScheduleLike | None = None,
+        backend: Backend | None = None,
     ) -> None:
         if schedule is not None and not callable(schedule):
             raise TypeError(
                 "schedule must be callable (step -> factor), e.g. "
                 f"torchpenalty.schedules.cosine(1000); got {type(schedule).__name__}"
             )
+        self._kernels = Kernels(get_backend() if backend is None else backend)
         self.schedule = schedule
         self.steps = 0
         self._warned: set[int] = set()
@@ -176,9 +157,20 @@ class Regularizer:
         self._names = [e.name for e, _ in kept]
         self._binding = Binding.of_entries(model, [e for e, _ in kept])
         self._params = self._binding.params
-        self._shard_group = distributed.group_of(self._params)  # FSDP2: None when unsharded
+        self._sharding = Sharding.of(self._params)
+        self._version = 0
         self._set_penalties([p for _, p in kept])
         self._attachments: dict[int, AttachHandle] = {}
+
+    @property
+    def backend(self) -> str:
+        """This regularizer's kernel backend: ``"auto"``, ``"eager"`` or ``"compile"``."""
+        return self._kernels.backend
+
+    @property
+    def sharding(self) -> Sharding:
+        """How the regularized parameters are split over processes (FSDP2), or not."""
+        return self._sharding
 
     def _refresh(self) -> None:
         """Follow the model: if a regularized name now stands for another tensor
@@ -192,7 +184,7 @@ class Regularizer:
             pen.check_tensor(name, param)
             check_strengths_fit(pen, name, param.dtype)
         self._params = params
-        self._shard_group = distributed.group_of(params)
+        self._sharding = Sharding.of(params)
         self._set_penalties(self._penalties)  # new buckets; attachments rebuild their plans
 
     # -- schedule ---------------------------------------------------------------------------
@@ -202,7 +194,7 @@ class Regularizer:
         if self.schedule is not None:
             self.factor = factor_at(self.schedule, self.steps)
 
-    def warn_if_rounded_away(
+    def _warn_if_rounded_away(
         self, penalty: Penalty, params: Sequence[Tensor], lr: object, mode: str
     ) -> None:
         """Warn once when a low-precision weight cannot register the step's relative shrink
@@ -225,26 +217,25 @@ class Regularizer:
             stacklevel=3,
         )
 
-    def current(self, penalty: Penalty) -> Penalty:
+    def _current(self, penalty: Penalty) -> Penalty:
         """``penalty`` at the schedule's current factor."""
         return penalty if self.factor == 1.0 else self.factor * penalty
 
     # -- structure --------------------------------------------------------------------------
     def _set_penalties(self, penalties: Sequence[Penalty]) -> None:
         self._penalties = list(penalties)
-        groups: dict[tuple, Bucket] = {}
+        groups: dict[tuple, _Bucket] = {}
         for i, (param, pen) in enumerate(zip(self._params, self._penalties, strict=True)):
             key = (pen, param.device, param.dtype)
-            bucket = groups.setdefault(key, Bucket(pen, [], []))
+            bucket = groups.setdefault(key, _Bucket(pen, [], []))
             bucket.indices.append(i)
             bucket.params.append(param)
         self._buckets = list(groups.values())
         self._chunks = _loss_chunks(self._buckets, self._params)
-        self.version = getattr(self, "version", 0) + 1  # attachments rebuild their plans
+        self._version += 1  # attachments rebuild their plans
 
-    @property
-    def buckets(self) -> list[Bucket]:
-        return self._buckets
+    def _batch(self, params: Sequence[Tensor], kernels: Kernels | None = None) -> Batch:
+        return self._sharding.batch(params, self._kernels if kernels is None else kernels)
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """``(canonical name, parameter)`` of every regularized parameter (the model's current
@@ -265,42 +256,33 @@ class Regularizer:
         """One decoupled (``w -= lr * grad R``) or proximal (``w = prox(w, lr)``) step of
         ``penalty`` at its current strength, on the local shards when sharded. ``nominal_lr`` is
         the group's lr when ``lr`` is an adjusted tensor (for the low-precision warning)."""
-        pen = self.current(penalty)
-        self.warn_if_rounded_away(pen, params, lr if nominal_lr is None else nominal_lr, mode)
-        ws, _, context = self._on_shards(params)
-        with context:
-            (pen._decay_ if mode == "decoupled" else pen._prox_)(ws, lr)
-
-    def _on_shards(self, params: Sequence[Tensor], grads: Sequence[Tensor] | None = None):
-        """Local tensors of ``params`` (and ``grads``) and a context naming what they shard;
-        plain tensors and a null context when nothing is sharded."""
-        if self._shard_group is None:
-            return list(params), grads, contextlib.nullcontext()
-        ws = [distributed.local(p) for p in params]
-        gs = None if grads is None else [distributed.local(g) for g in grads]
-        return ws, gs, distributed.shards(params, ws)
+        pen = self._current(penalty)
+        self._warn_if_rounded_away(pen, params, lr if nominal_lr is None else nominal_lr, mode)
+        ws, batch = self._sharding.locals(params), self._batch(params)
+        (pen.decay_ if mode == "decoupled" else pen.prox_)(ws, lr, batch)
 
     def check_finite(self) -> None:
         """Raise `FloatingPointError` naming every regularized parameter holding NaN or Inf.
 
-        One pass per tensor (its max-abs norm, NaN/Inf if any element is) and one device sync.
+        One pass per tensor (its max-abs norm, NaN/Inf if any element is), one reduction over
+        processes when sharded, and one device sync.
         """
         self._refresh()
+        flags: list[Tensor] = []
         with torch.no_grad():
-            if self._shard_group is not None:
-                bad = [i for i, b in enumerate(distributed.global_nonfinite(self)) if b]
-            else:
-                flags = [
-                    torch.isfinite(torch.stack(torch._foreach_norm(b.params, float("inf"))))
-                    for b in self._buckets
-                ]
-                ok = torch.cat([f.to(flags[0].device) for f in flags]).tolist()  # the one sync
-                order = [i for b in self._buckets for i in b.indices]
-                bad = sorted(i for i, fine in zip(order, ok, strict=True) if not fine)
-        if bad:
+            for b in self._buckets:
+                ws = [w for w in self._sharding.locals(b.params) if w.numel()]
+                amax = iter(torch._foreach_norm(ws, float("inf")) if ws else ())
+                for w in self._sharding.locals(b.params):
+                    bad = ~torch.isfinite(next(amax)) if w.numel() else torch.zeros((), dtype=bool)
+                    flags.append(bad.to(flags[0].device if flags else w.device, torch.float64))
+            order = [i for b in self._buckets for i in b.indices]
+            counts = self._sharding.reduce(torch.stack(flags)).tolist()  # the one sync
+        bad_names = [self._names[i] for i, c in sorted(zip(order, counts, strict=True)) if c > 0]
+        if bad_names:
             raise FloatingPointError(
                 "non-finite values (NaN or Inf) in regularized parameters: "
-                + ", ".join(self._names[i] for i in bad)
+                + ", ".join(bad_names)
                 + "; lower the learning rate, check the data and loss, or keep float32 master "
                 "weights for low-precision training"
             )
@@ -313,21 +295,18 @@ class Regularizer:
         parameters (``torch.func.functional_call`` style); other keys are ignored.
         """
         self._refresh()
-        if self._shard_group is not None:
-            if params is not None:
-                raise ValueError("params= is not supported on FSDP2-sharded parameters")
-            return _sum(
-                [
-                    distributed.ShardedPenaltyTotal.apply(
-                        self.current(b.penalty), self._shard_group, *b.params
-                    )
-                    for b in self._buckets
-                ]
-            )
+        if params is not None and self._sharding.sharded:
+            raise ValueError("params= is not supported on FSDP2-sharded parameters")
         tensors = self._params if params is None else self._lookup(params)
-        return _sum(
+        # chunks differ from call to call: compiling a kernel for each would not pay
+        return sum_parts(
             [
-                _PenaltyTotal.apply(self.current(pen), *(tensors[i] for i in idx))
+                _PenaltyTotal.apply(
+                    self._current(pen),
+                    self._sharding,
+                    self._batch([self._params[i] for i in idx], EAGER),
+                    *(tensors[i] for i in idx),
+                )
                 for pen, idx in self._chunks
             ]
         )
@@ -345,12 +324,18 @@ class Regularizer:
         return [canonical[n] for n in self._names]
 
     def value(self) -> Tensor:
-        """The total penalty as a 0-dim tensor: no autograd, no device sync."""
+        """The total penalty as a 0-dim tensor: no autograd, no device sync (one reduction over
+        processes when sharded)."""
         self._refresh()
         with torch.no_grad():
-            if self._shard_group is not None:
-                return distributed.global_value(self)
-            return _total([(b, self.current(b.penalty)) for b in self._buckets], self._params)
+            return self._sharding.total(
+                [
+                    self._current(b.penalty).total_value(
+                        self._sharding.locals(b.params), self._batch(b.params)
+                    )
+                    for b in self._buckets
+                ]
+            )
 
     # -- 2. gradient ------------------------------------------------------------------------
     def add_to_grad_(self, scale: float | Tensor | torch.amp.GradScaler | None = None) -> None:
@@ -364,17 +349,17 @@ class Regularizer:
         which subtracts the penalty gradient in their groups, as ``weight_decay`` behaves there.
         """
         self._refresh()
-        scale = _gradient_scale(scale)
+        scale = gradient_scale(scale)
         with torch.no_grad():
             for b in self._buckets:
                 self._add_grad(b.penalty, b.indices, scale)
 
     def _add_grad(self, penalty: Penalty, indices: Sequence[int], scale: Tensor | None) -> None:
         """``g += scale * grad R(w)`` for the parameters at ``indices`` (one bucket or part)."""
+        params = [self._params[i] for i in indices]
         grads = [self._dense_grad(i) for i in indices]
-        ws, gs, context = self._on_shards([self._params[i] for i in indices], grads)
-        with context:
-            self.current(penalty)._add_grad_(ws, gs, scale)
+        ws, gs = self._sharding.locals(params), self._sharding.locals(grads)
+        self._current(penalty).add_grad_(ws, gs, scale, self._batch(params))
 
     def _dense_grad(self, i: int) -> Tensor:
         p = self._params[i]
@@ -418,23 +403,19 @@ class Regularizer:
         zeros for L1). Returns a handle with ``.remove()``. With ``check_finite=True``,
         `check_finite` runs after every step (one device sync per step).
         """
-        from .attach import attach
-
         self._refresh()
         return attach(self, optimizer, mode, check_finite=check_finite)
 
     # -- reporting and state ----------------------------------------------------------------
     def report(self) -> Report:
-        """One row per parameter: name, shape, penalty, value, L2 norm, fraction of exact zeros.
-
-        Synchronizes the device once.
-        """
+        """One row per parameter: name, shape, penalty, value, L2 norm, fraction of exact zeros,
+        zero groups and zero units. Synchronizes the device once."""
         self._refresh()
-        if self._shard_group is not None:
-            return distributed.global_report(self)
-        from .reporting import report
-
-        return report(self)
+        entries = [
+            (name, param, self._current(pen))
+            for name, param, pen in zip(self._names, self._params, self._penalties, strict=True)
+        ]
+        return build_report(entries, self._sharding)
 
     def state_dict(self) -> dict[str, Any]:
         """Penalties (unscaled), the schedule's step and, for built-in schedules, its config."""

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 
+from . import dtensor
+from .kernels import EAGER
+from .penalties import Penalty
+from .penalties.batch import Batch
 from .penalties.norms import tensor_norm
-
-if TYPE_CHECKING:
-    from .regularizer import Regularizer
+from .sharding import Sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,63 +132,62 @@ class Report:
         return f"Report({len(self.rows)} parameters, total_value={self.total_value:.4g})"
 
 
-def _zero_units(w: torch.Tensor) -> torch.Tensor:
-    """Slices along dim 0 that are entirely zero (dead output units / filters)."""
+def _zero_units(w: Tensor) -> Tensor:
+    """Slices along dim 0 that are entirely (exactly) zero: dead output units / filters."""
     if w.numel() == 0:
-        return torch.zeros((), dtype=torch.long, device=w.device)
-    return (w.reshape(w.shape[0], -1) != 0).any(dim=1).logical_not().sum()
+        return torch.zeros((), dtype=torch.float64, device=w.device)
+    return (w.reshape(w.shape[0], -1) != 0).any(dim=1).logical_not().sum().double()
 
 
-def report(reg: Regularizer) -> Report:
-    """Build the report with one device-to-host copy (all figures stacked first)."""
-    stats: list[torch.Tensor] = []
-    counts: dict[int, tuple[int | None, int | None]] = {}
-    order: list[int] = []
-    missing = torch.tensor(-1.0)
+def build_report(entries: Sequence[tuple[str, Tensor, Penalty]], sharding: Sharding) -> Report:
+    """The report of ``(name, parameter, penalty at its current strength)`` entries: every figure
+    of every tensor stacked, summed over processes once (`Sharding.reduce`; nothing when
+    unsharded) and copied to the host once. Counts are of exact zeros only."""
+    stats: list[Tensor] = []
+    shapes: list[tuple[int | None, int | None]] = []
+    device = None
     with torch.no_grad():
-        for b in reg.buckets:
-            acc = torch.float64  # exact counts and norms that neither underflow nor round
-            device = b.params[0].device
-            penalty = reg.current(b.penalty)
-            values = torch.stack([penalty.value(w).to(acc) for w in b.params])
-            norms = torch.stack([tensor_norm(w) for w in b.params]).to(acc)
-            zeros = torch.stack([(w == 0).sum() for w in b.params]).to(acc)
-            numels = torch.tensor([max(w.numel(), 1) for w in b.params], dtype=acc, device=device)
-            zero_groups, zero_units = [], []
-            for i, w in zip(b.indices, b.params, strict=True):
-                group = b.penalty.group_stats(w)
-                zero_groups.append(group[0].to(device, acc) if group else missing.to(device, acc))
-                units = w.shape[0] if w.ndim >= 2 else None
-                zero_units.append(_zero_units(w).to(acc) if units else missing.to(device, acc))
-                counts[i] = (group[1] if group else None, units)
-            columns = [
-                values,
-                norms,
-                zeros / numels,
-                torch.stack(zero_groups),
-                torch.stack(zero_units),
+        for param, w, pen, spec in (
+            (p, sharding.locals([p])[0], pen, dtensor.shard_spec(p)) for _, p, pen in entries
+        ):
+            device = device or w.device
+            value = pen.total_value([w.detach()], Batch(EAGER, (spec,) if spec else ()))
+            group = pen.group_stats(w, spec)
+            rows_local = spec is None or spec.dim == 0  # whole rows here: dead units countable
+            units = param.shape[0] if param.ndim >= 2 and rows_local else None
+            zero_groups = torch.zeros((), dtype=torch.float64, device=w.device)
+            groups = None
+            if group is not None:
+                # groups spanning shards are whole on every process: count each once
+                share = sharding.world if group.spans_shards else 1
+                zero_groups = group.zero_groups.to(torch.float64) / share
+                groups = group.groups if spec is None or group.spans_shards else param.shape[0]
+            figures = [
+                value.to(torch.float64),
+                sharding.norm_part(tensor_norm(w)),
+                (w == 0).sum().to(torch.float64),
+                _zero_units(w) if units else torch.zeros((), dtype=torch.float64),
+                zero_groups,
             ]
-            stats.append(torch.stack(columns).to(torch.float64))
-            order.extend(b.indices)
-    device = stats[0].device
-    table = torch.cat([s.to(device) for s in stats], dim=1).T.tolist()  # the one sync
-    by_index = dict(zip(order, table, strict=True))
+            stats.append(torch.stack([f.to(w.device, torch.float64) for f in figures]))
+            shapes.append((groups, units))
+        if not stats:
+            return Report([])
+        table = sharding.reduce(torch.stack([s.to(device) for s in stats])).tolist()  # one sync
     rows = []
-    named = zip(reg.named_parameters(), reg.named_penalties(), strict=True)
-    for i, ((name, param), (_, pen)) in enumerate(named):
-        value, norm, zero_fraction, zero_groups, zero_units = by_index[i]
-        groups, units = counts[i]
+    for (name, param, pen), (groups, units), figures in zip(entries, shapes, table, strict=True):
+        value, norm_part, zeros, dead, zero_groups = figures
         rows.append(
             ParameterReport(
                 name,
                 tuple(param.shape),
                 repr(pen),
                 value,
-                norm,
-                zero_fraction,
-                zero_groups=None if groups is None else int(zero_groups),
+                sharding.norm_from(norm_part),
+                zeros / max(param.numel(), 1),
+                zero_groups=None if groups is None else round(zero_groups),
                 groups=groups,
-                zero_units=None if units is None else int(zero_units),
+                zero_units=None if units is None else round(dead),
                 units=units,
             )
         )

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from ._checks import check_strength
+from .registry import Registry
 
 ScheduleLike = Callable[[int], float]
 
@@ -29,17 +30,23 @@ def _check_steps(steps: object) -> int:
     return steps
 
 
+#: schedule classes by config name; filled by `register`
+SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
+S = TypeVar("S", bound=type["Schedule"])
+
+
+def register(cls: S) -> S:
+    """Class decorator: make a schedule class loadable by its ``name`` from a `state_dict`. A name
+    that is taken is a `ValueError`."""
+    SCHEDULES.register((cls.name,), cls)
+    return cls
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """Base of the built-in schedules: callable, comparable and serializable."""
 
     name: ClassVar[str]
-    registry: ClassVar[dict[str, type[Schedule]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            Schedule.registry[cls.name] = cls
 
     def __call__(self, step: int) -> float:
         raise NotImplementedError
@@ -51,12 +58,13 @@ class Schedule:
     def from_config(config: Mapping[str, Any]) -> Schedule:
         config = dict(config)
         name = config.pop("name", None)
-        if name not in Schedule.registry:
-            known = ", ".join(sorted(Schedule.registry))
+        if name not in SCHEDULES:
+            known = ", ".join(SCHEDULES.names())
             raise ValueError(f"unknown schedule {name!r}; known schedules: {known}")
-        return Schedule.registry[name](**config)
+        return SCHEDULES.lookup(name)(**config)
 
 
+@register
 @dataclasses.dataclass(frozen=True)
 class Warmup(Schedule):
     steps: int
@@ -91,6 +99,7 @@ class _FromTo(Schedule):
         raise NotImplementedError
 
 
+@register
 @dataclasses.dataclass(frozen=True)
 class Linear(_FromTo):
     name: ClassVar[str] = "linear"
@@ -100,6 +109,7 @@ class Linear(_FromTo):
         return t
 
 
+@register
 @dataclasses.dataclass(frozen=True)
 class Cosine(_FromTo):
     name: ClassVar[str] = "cosine"

@@ -57,17 +57,17 @@ def test_batched_ops_match_single_tensor_ops(pen):
     gs = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
 
     torch.testing.assert_close(
-        pen._total_value(ws), Penalty._total_value(pen, ws), rtol=1e-13, atol=1e-15
+        pen.total_value(ws), Penalty.total_value(pen, ws), rtol=1e-13, atol=1e-15
     )
-    for a, b in zip(pen._grads(ws, 0.5), Penalty._grads(pen, ws, 0.5), strict=True):
+    for a, b in zip(pen.grads(ws, 0.5), Penalty.grads(pen, ws, 0.5), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
-    for method, args in (("_add_grad_", (None,)), ("_decay_", (0.1,)), ("_prox_", (0.1,))):
-        fast = [t.clone() for t in (gs if method == "_add_grad_" else ws)]
+    for method, args in (("add_grad_", (None,)), ("decay_", (0.1,)), ("prox_", (0.1,))):
+        fast = [t.clone() for t in (gs if method == "add_grad_" else ws)]
         slow = [t.clone() for t in fast]
-        if method == "_add_grad_":
-            pen._add_grad_(ws, fast)
-            Penalty._add_grad_(pen, ws, slow)
+        if method == "add_grad_":
+            pen.add_grad_(ws, fast)
+            Penalty.add_grad_(pen, ws, slow)
         else:
             getattr(pen, method)(fast, *args)
             getattr(Penalty, method)(pen, slow, *args)
@@ -77,6 +77,6 @@ def test_batched_ops_match_single_tensor_ops(pen):
 
 def test_batched_value_accumulates_bf16_in_float32():
     ws = [torch.full((4096,), 0.01, dtype=torch.bfloat16)]
-    value = L1(1.0)._total_value(ws)
+    value = L1(1.0).total_value(ws)
     assert value.dtype == torch.float32
     assert value.item() == pytest.approx(4096 * float(torch.tensor(0.01, dtype=torch.bfloat16)))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar
-
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
 
 from torchpenalty import L1, L2, ElasticNet, Penalty, Sum, Zero, parse
+from torchpenalty.penalties import PENALTIES, known_names, register
+
+from ..helpers import LogCosh
 
 
 def test_elementwise_sums_fold():
@@ -26,32 +26,6 @@ def test_elementwise_sums_fold():
 def test_adding_a_non_penalty_is_a_type_error():
     with pytest.raises(TypeError):
         L1(0.1) + 0.5
-
-
-@dataclasses.dataclass(frozen=True, repr=False)
-class LogCosh(Penalty):
-    """A user-defined smooth penalty: value = lam * sum(log cosh w); no closed-form prox needed."""
-
-    lam: float = 1.0
-    name: ClassVar[str] = "test_logcosh"
-
-    def value(self, w):
-        return (
-            self.lam * np.log(np.cosh(w)).sum()
-            if isinstance(w, np.ndarray)
-            else (self.lam * torch.log(torch.cosh(w)).sum())
-        )
-
-    def grad(self, w):
-        return self.lam * (np.tanh(w) if isinstance(w, np.ndarray) else torch.tanh(w))
-
-    def prox(self, w, step):
-        # prox by a few Newton steps on x - w + step*lam*tanh(x) = 0 (monotone, converges)
-        x = w * 1.0
-        for _ in range(50):
-            th = np.tanh(x) if isinstance(x, np.ndarray) else torch.tanh(x)
-            x = x - (x - w + step * self.lam * th) / (1 + step * self.lam * (1 - th * th))
-        return x
 
 
 def test_custom_penalty_sums_value_grad_and_quadratic_prox():
@@ -72,7 +46,7 @@ def test_custom_penalty_sums_value_grad_and_quadratic_prox():
     np.testing.assert_allclose(got, ref, atol=1e-6)
     # the batched path agrees with the single-tensor one
     t = torch.from_numpy(w.copy())
-    pen._prox_([t], step)
+    pen.prox_([t], step)
     np.testing.assert_allclose(t.numpy(), got, rtol=1e-12)
 
 
@@ -87,9 +61,14 @@ def test_sum_with_two_nonquadratic_terms_has_no_prox():
 
 def test_sum_config_and_repr_round_trip():
     pen = LogCosh(0.5) + L1(0.1)
-    assert Penalty.from_config(pen.get_config()) == pen
-    assert parse(repr(pen)) == pen
     assert repr(pen) == "l1(lam=0.1) + test_logcosh(lam=0.5)"  # canonical: elementwise first
+    with PENALTIES.scoped():  # the spec name works while registered, and only then
+        register(LogCosh)
+        assert Penalty.from_config(pen.get_config()) == pen
+        assert parse(repr(pen)) == pen
+    assert "test_logcosh" not in known_names()
+    with pytest.raises(ValueError, match="unknown penalty 'test_logcosh'"):
+        parse(repr(pen))
 
 
 def test_scaling_a_sum_scales_each_term():
@@ -105,5 +84,17 @@ def test_sum_needs_two_penalties():
 def test_batched_grads_of_sum():
     pen = LogCosh(0.5) + L2(0.3)
     ws = [torch.randn(3, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
-    for w, g in zip(ws, pen._grads(ws, 2.0), strict=True):
+    for w, g in zip(ws, pen.grads(ws, 2.0), strict=True):
         torch.testing.assert_close(g, 2.0 * pen.grad(w))
+
+
+def test_a_name_registers_once_and_scoped_registrations_leave_nothing():
+    with PENALTIES.scoped():
+        register(LogCosh)
+        assert "test_logcosh" in known_names()
+        with pytest.raises(ValueError, match="penalty name test_logcosh is already registered"):
+            register(LogCosh)
+    assert "test_logcosh" not in known_names()
+    with pytest.raises(ValueError, match="penalty name l2 is already registered"):
+        register(type("MyL2", (L2,), {"name": "l2"}))
+    assert PENALTIES.lookup("l2") is L2  # never silently replaced

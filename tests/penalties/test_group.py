@@ -246,7 +246,7 @@ def test_batched_ops_match_single_tensor_ops(pen):
     g = torch.Generator().manual_seed(0)
     ws = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(5, 3), (4, 2, 3, 3), (2, 2)]]
     ws[0][1] = 0
-    for method, args in (("_decay_", (0.1,)), ("_prox_", (0.1,))):
+    for method, args in (("decay_", (0.1,)), ("prox_", (0.1,))):
         fast = [w.clone() for w in ws]
         slow = [w.clone() for w in ws]
         getattr(pen, method)(fast, *args)

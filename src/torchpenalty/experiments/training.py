@@ -234,7 +234,8 @@ def run(
     shown = reg or Regularizer(model, L2(contender.weight_decay), among="all")
     weights = Regularizer(model, Zero())  # norms and zeros of "the weights", for every contender
     grouped = reg is not None and any(
-        b.penalty.group_stats(b.params[0]) is not None for b in reg.buckets
+        pen.group_stats(param) is not None
+        for (_, param), (_, pen) in zip(reg.named_parameters(), reg.named_penalties(), strict=True)
     )
 
     loss_fn = loss_function(data, config)

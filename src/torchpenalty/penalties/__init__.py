@@ -1,7 +1,7 @@
 """Penalties: value, gradient and proximal operator of each regularizer, and their spec strings."""
 
-from .base import Penalty, known_names, lookup
-from .composite import Sum, combine
+from .base import PENALTIES, GroupStats, Penalty, Sum, combine, known_names, lookup, register
+from .batch import Batch
 from .elementwise import L1, L2, ElasticNet, Elementwise, Zero, soft_threshold
 from .group import GroupLasso, SparseGroupLasso
 from .spec import parse
@@ -9,9 +9,12 @@ from .spec import parse
 __all__ = [
     "L1",
     "L2",
+    "PENALTIES",
+    "Batch",
     "ElasticNet",
     "Elementwise",
     "GroupLasso",
+    "GroupStats",
     "Penalty",
     "SparseGroupLasso",
     "Sum",
@@ -20,5 +23,6 @@ __all__ = [
     "known_names",
     "lookup",
     "parse",
+    "register",
     "soft_threshold",
 ]

@@ -1,10 +1,23 @@
-"""The `Penalty` interface: value, (sub)gradient and proximal operator of one regularizer.
+"""The `Penalty` interface, its registry, and `+`: value, gradient and proximal operator of one
+regularizer, and the canonical sums of several.
 
 A penalty is a small immutable object. Its single-tensor methods (`value`, `grad`, `prox`) accept a
-`torch.Tensor` or a `numpy.ndarray` and answer in the same kind. Its batched methods (underscored,
-torch only, in place, no autograd) are what `Regularizer` calls on the hot path; a subclass only
-has to implement the single-tensor methods, and may override the batched ones with a faster
-multi-tensor version.
+`torch.Tensor` or a `numpy.ndarray` and answer in the same kind. Its fast-path methods
+(`total_value`, `grads`, `add_grad_`, `decay_`, `prox_`: torch only, in place, no autograd) take a
+list of tensors at once and a `Batch`; they are what `Regularizer` calls on every step. A subclass
+only has to implement the single-tensor methods; the fast path then works per tensor, and a
+subclass may override it with a multi-tensor version (see `torchpenalty.kernels`).
+
+``a + b`` is canonical: ``L1(a) + L2(b)`` is ``ElasticNet(a, b)``, like terms add up, ``none``
+vanishes, ``L1 + GroupLasso`` is ``SparseGroupLasso``. Any other sum is a `Sum`, whose value and
+gradient are the sums of its terms' and whose prox uses, for a quadratic part ``mu/2 * ||w||^2``
+and one other term ``f``::
+
+    prox_{s * (f + mu/2 ||.||^2)}(w) = prox_{s/(1 + s*mu) * f}(w / (1 + s*mu))
+
+A sum of two or more non-quadratic terms has no closed-form prox: `prox` raises then. The algebra
+reads what it needs from each term (`summands`, `elementwise_strengths`, `group_strengths`) and
+builds canonical terms by their registered names, so this module imports no penalty family.
 """
 
 from __future__ import annotations
@@ -12,17 +25,40 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
 
 from .._checks import ArrayLike, check_array, check_step, check_strength
-
-#: spec name (and alias) -> penalty class; filled by `Penalty.__init_subclass__`.
-REGISTRY: dict[str, type[Penalty]] = {}
+from ..dtensor import ShardSpec
+from ..registry import Registry
+from .batch import Batch
 
 Scalar = float | Tensor
+#: ``(groups, scale)``: what makes two group penalties like terms
+GroupKey = tuple[Any, str]
+P = TypeVar("P", bound=type["Penalty"])
+
+
+class GroupStats(NamedTuple):
+    """The groups of one tensor: how many are exactly zero (a 0-dim tensor, not synced), how
+    many there are, and whether they span shards (each process then holds all of them)."""
+
+    zero_groups: Tensor
+    groups: int
+    spans_shards: bool = False
+
+
+#: penalty classes by spec name and alias (case-insensitive); filled by `register`
+PENALTIES: Registry[type[Penalty]] = Registry("penalty")
+
+
+def register(cls: P) -> P:
+    """Class decorator: make a penalty class known by its ``name`` and ``aliases`` to spec strings
+    (if ``in_specs``) and to `Penalty.from_config`. A name that is taken is a `ValueError`."""
+    PENALTIES.register((cls.name, *cls.aliases), cls)
+    return cls
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -34,8 +70,9 @@ class Penalty(ABC):
     """A regularizer ``R(w)`` with value, gradient and proximal operator.
 
     Subclasses are frozen dataclasses whose fields are the strengths; they declare a spec `name`
-    (used by `torchpenalty.parse`, `get_config` and `repr`), optional `aliases`, and optional
-    `keyword_aliases` mapping extra spellings of argument names onto fields.
+    (used by `get_config`, `repr` and, once `register`ed, by `torchpenalty.parse`), optional
+    `aliases`, and optional `keyword_aliases` mapping extra spellings of argument names onto
+    fields.
     """
 
     name: ClassVar[str]
@@ -45,12 +82,8 @@ class Penalty(ABC):
     in_specs: ClassVar[bool] = True
     #: arguments that take one of a few words instead of a number, e.g. ``groups=rows``
     choices: ClassVar[Mapping[str, tuple[str, ...]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            for key in (cls.name, *cls.aliases):
-                REGISTRY[key.lower()] = cls
+    #: whether the penalty is identically zero (it vanishes from sums)
+    vanishes: ClassVar[bool] = False
 
     # -- single tensor -----------------------------------------------------------------------
     @abstractmethod
@@ -78,8 +111,8 @@ class Penalty(ABC):
     def from_config(cls, config: Mapping[str, Any]) -> Penalty:
         """Rebuild a penalty from `get_config`'s output.
 
-        Called on `Penalty` it dispatches on ``config["name"]``; called on a subclass the name may
-        be omitted (Keras style: ``L2.from_config({"lam": 0.01})``).
+        Called on `Penalty` it dispatches on ``config["name"]`` (a registered name); called on a
+        subclass the name may be omitted (Keras style: ``L2.from_config({"lam": 0.01})``).
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping, got {type(config).__name__}")
@@ -88,6 +121,8 @@ class Penalty(ABC):
         if name is None:
             if cls is Penalty:
                 raise ValueError("config needs a 'name' key naming the penalty")
+            target: type[Penalty] = cls
+        elif cls is not Penalty and name == getattr(cls, "name", None):
             target = cls
         else:
             target = lookup(name)
@@ -113,8 +148,9 @@ class Penalty(ABC):
         """Raise `ValueError` if the penalty cannot apply to ``w`` (e.g. ``cols`` of a vector)."""
         return None
 
-    def group_stats(self, w: Tensor) -> tuple[Tensor, int] | None:
-        """``(number of all-zero groups, number of groups)`` for group penalties, else None."""
+    def group_stats(self, w: Tensor, shard: ShardSpec | None = None) -> GroupStats | None:
+        """`GroupStats` (all-zero groups, groups) for group penalties, else None. ``shard``: ``w``
+        is the local shard of a parameter (groups that span shards are then whole here)."""
         return None
 
     def strengths(self) -> list[float]:
@@ -126,11 +162,22 @@ class Penalty(ABC):
         return f"{self.name}({args})"
 
     # -- algebra -----------------------------------------------------------------------------
+    def summands(self) -> tuple[Penalty, ...]:
+        """The terms this penalty adds up (itself, unless it is a `Sum`)."""
+        return (self,)
+
+    def elementwise_strengths(self) -> tuple[float, float] | None:
+        """``(l1, l2)`` if the penalty is ``l1 * sum|w| + l2/2 * sum(w**2)``, else None."""
+        return None
+
+    def group_strengths(self) -> tuple[GroupKey, float, float] | None:
+        """``((groups, scale), l1, group)`` for ``l1 * sum|w| + group * sum_g c_g ||w_g||``,
+        else None."""
+        return None
+
     def __add__(self, other: object) -> Penalty:
         if not isinstance(other, Penalty):
             return NotImplemented
-        from .composite import combine
-
         return combine(self, other)
 
     def __mul__(self, factor: object) -> Penalty:
@@ -144,29 +191,39 @@ class Penalty(ABC):
 
     __rmul__ = __mul__
 
-    # -- batched, in place, torch only (the Regularizer's hot path) --------------------------
-    def _total_value(self, ws: Sequence[Tensor]) -> Tensor:
-        """``sum_i R(w_i)`` without autograd, in float32 or wider."""
+    # -- the fast path: batched, in place, torch only --------------------------------------------
+    # Regularizer calls these with every tensor that shares the penalty, a device and a dtype,
+    # and a Batch (the kernels to use; which tensors are shards). Override them to join the fused
+    # paths; the defaults work per tensor through value / grad / prox (whole tensors only).
+    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
+        """``sum_i R(w_i)`` without autograd, in float32 or wider. For local shards: this
+        process's share, so that the sum over processes is the global penalty."""
         dtype = accumulation_dtype(ws[0].dtype)
         return torch.stack([self.value(w).to(dtype) for w in ws]).sum()
 
-    def _grads(self, ws: Sequence[Tensor], scale: Scalar) -> list[Tensor]:
+    def grads(
+        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
+    ) -> list[Tensor]:
         """New tensors ``scale * grad R(w_i)``."""
         return [self.grad(w).mul_(scale) for w in ws]
 
-    def _add_grad_(
-        self, ws: Sequence[Tensor], gs: Sequence[Tensor], scale: Tensor | None = None
+    def add_grad_(
+        self,
+        ws: Sequence[Tensor],
+        gs: Sequence[Tensor],
+        scale: Tensor | None = None,
+        batch: Batch | None = None,
     ) -> None:
         """``g_i += scale * grad R(w_i)`` (``scale``: a GradScaler's, while grads are scaled)."""
         for w, g in zip(ws, gs, strict=True):
             g.add_(self.grad(w) if scale is None else self.grad(w) * scale)
 
-    def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
+    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
         """``w_i -= lr * grad R(w_i)`` (decoupled decay)."""
         for w in ws:
             w.sub_(self.grad(w).mul_(lr))
 
-    def _prox_(self, ws: Sequence[Tensor], step: Scalar) -> None:
+    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
         """``w_i = prox(w_i, step)``."""
         for w in ws:
             w.copy_(self.prox(w, step))
@@ -185,17 +242,14 @@ def lookup(name: str) -> type[Penalty]:
     """The penalty class registered under ``name`` (case-insensitive)."""
     if not isinstance(name, str):
         raise TypeError(f"penalty name must be a string, got {type(name).__name__}")
-    try:
-        return REGISTRY[name.lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown penalty {name!r}; known penalties: {', '.join(known_names())}"
-        ) from None
+    if name not in PENALTIES:
+        raise ValueError(f"unknown penalty {name!r}; known penalties: {', '.join(known_names())}")
+    return PENALTIES.lookup(name)
 
 
 def known_names() -> list[str]:
     """The names spec strings accept."""
-    return sorted(k for k, cls in REGISTRY.items() if cls.in_specs)
+    return [k for k, cls in PENALTIES.items() if cls.in_specs]
 
 
 def check_strengths_fit(penalty: Penalty, name: str, dtype: torch.dtype) -> None:
@@ -216,3 +270,186 @@ def check_input(w: object, step: object | None = None) -> Scalar | None:
     """Validate the arguments of a single-tensor call; returns the validated step."""
     check_array(w)
     return None if step is None else check_step(step)
+
+
+# -- sums ----------------------------------------------------------------------------------------
+def _build(name: str, *args: Any) -> Penalty:
+    """A canonical term, by its registered name."""
+    return lookup(name)(*args)
+
+
+def _elementwise(l1: float, l2: float) -> Penalty:
+    if l1 and l2:
+        return _build("elastic_net", l1, l2)
+    if l1:
+        return _build("l1", l1)
+    if l2:
+        return _build("l2", l2)
+    return _build("none")
+
+
+def _merge_elementwise(terms: Sequence[Penalty]) -> Penalty:
+    kinds = {t.name for t in terms}
+    strengths = [t.elementwise_strengths() or (0.0, 0.0) for t in terms]
+    l1 = sum(s[0] for s in strengths)
+    l2 = sum(s[1] for s in strengths)
+    if kinds == {"l1"}:
+        return _build("l1", l1)
+    if kinds == {"l2"}:
+        return _build("l2", l2)
+    return _build("elastic_net", l1, l2)
+
+
+def _merge_groups(terms: Sequence[Penalty], l1: float) -> tuple[list[Penalty], float]:
+    """Add up group penalties with the same groups and scale, and fold the total ``l1`` (the
+    elementwise one plus every sparse group lasso's) into the group penalty when there is exactly
+    one grouping (``L1 + GroupLasso`` is ``SparseGroupLasso``). Pooling ``l1`` first keeps ``+``
+    associative. Returns the merged terms and the ``l1`` left over."""
+    merged: dict[GroupKey, float] = {}
+    for t in terms:
+        key, t_l1, t_group = t.group_strengths()  # type: ignore[misc]
+        merged[key] = merged.get(key, 0.0) + t_group
+        l1 += t_l1
+    if len(merged) == 1 and l1:
+        (((groups, scale), group),) = merged.items()
+        return [_build("sparse_group_lasso", l1, group, groups, scale)], 0.0
+    built = [_build("group_lasso", g, groups, scale) for (groups, scale), g in merged.items()]
+    return built, l1
+
+
+def combine(*penalties: Penalty) -> Penalty:
+    """The canonical sum of ``penalties`` (what ``a + b`` returns)."""
+    flat = [t for p in penalties for t in p.summands()]
+    elementwise = [p for p in flat if p.elementwise_strengths() is not None]
+    grouped = [p for p in flat if p.group_strengths() is not None]
+    others = [
+        p
+        for p in flat
+        if not p.vanishes and p.elementwise_strengths() is None and p.group_strengths() is None
+    ]
+    if grouped:
+        l1 = sum(s[0] for s in (t.elementwise_strengths() for t in elementwise) if s)
+        l2 = sum(s[1] for s in (t.elementwise_strengths() for t in elementwise) if s)
+        group_terms, l1 = _merge_groups(grouped, l1)
+        elementwise = [_elementwise(l1, l2)] if (l1 or l2) else []
+        others = group_terms + others
+    terms = ([_merge_elementwise(elementwise)] if elementwise else []) + others
+    if not terms:
+        return _build("none")
+    if len(terms) == 1:
+        return terms[0]
+    return Sum(tuple(terms))
+
+
+def _sum_lists(lists: Sequence[list[Tensor]]) -> list[Tensor]:
+    total = lists[0]
+    for more in lists[1:]:
+        torch._foreach_add_(total, more)
+    return total
+
+
+@register
+@dataclasses.dataclass(frozen=True, repr=False)
+class Sum(Penalty):
+    """``R(w) = sum_k R_k(w)``; build it with ``+`` (which keeps it canonical)."""
+
+    terms: tuple[Penalty, ...]
+
+    name: ClassVar[str] = "sum"
+    in_specs: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if len(self.terms) < 2 or not all(isinstance(t, Penalty) for t in self.terms):
+            raise TypeError("Sum needs two or more Penalty terms; build sums with '+'")
+
+    def summands(self) -> tuple[Penalty, ...]:
+        return self.terms
+
+    def value(self, w: ArrayLike) -> ArrayLike:
+        return sum(t.value(w) for t in self.terms[1:]) + self.terms[0].value(w)  # type: ignore[return-value]
+
+    def grad(self, w: ArrayLike) -> ArrayLike:
+        return sum(t.grad(w) for t in self.terms[1:]) + self.terms[0].grad(w)  # type: ignore[return-value]
+
+    def _split_quadratic(self) -> tuple[float, Penalty]:
+        """``(mu, f)`` with ``self = f + mu/2 ||w||^2``, or raise if ``f`` has no closed prox."""
+        strengths = [t.elementwise_strengths() for t in self.terms]
+        mu = sum(s[1] for s in strengths if s)
+        rest = [
+            _elementwise(s[0], 0.0) if s else t for t, s in zip(self.terms, strengths, strict=True)
+        ]
+        rest = [t for t in rest if not t.vanishes]
+        if len(rest) > 1:
+            raise ValueError(
+                f"the prox of {self!r} has no closed form (more than one non-quadratic term); "
+                "use mode='loss', 'grad' or 'decoupled' instead of 'proximal'"
+            )
+        return mu, rest[0]
+
+    def check_prox(self) -> None:
+        self._split_quadratic()
+
+    def check_tensor(self, name: str, w: Tensor) -> None:
+        for t in self.terms:
+            t.check_tensor(name, w)
+
+    def strengths(self) -> list[float]:
+        return [s for t in self.terms for s in t.strengths()]
+
+    def group_stats(self, w: Tensor, shard: ShardSpec | None = None) -> GroupStats | None:
+        return next((s for t in self.terms if (s := t.group_stats(w, shard)) is not None), None)
+
+    def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
+        step = check_input(w, step)  # type: ignore[assignment]
+        mu, f = self._split_quadratic()
+        shrink = 1 + step * mu
+        return f.prox(w / shrink, step / shrink)
+
+    # fast path: term by term, each with its own kernels (and shard-aware group terms)
+    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
+        parts = [t.total_value(ws, batch) for t in self.terms]
+        return parts[0] + sum(parts[1:])  # type: ignore[return-value]
+
+    def grads(
+        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
+    ) -> list[Tensor]:
+        return _sum_lists([t.grads(ws, scale, batch) for t in self.terms])
+
+    def add_grad_(
+        self,
+        ws: Sequence[Tensor],
+        gs: Sequence[Tensor],
+        scale: Tensor | None = None,
+        batch: Batch | None = None,
+    ) -> None:
+        for t in self.terms:
+            t.add_grad_(ws, gs, scale, batch)
+
+    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
+        # every term's gradient at the same w, then one update
+        torch._foreach_sub_(list(ws), self.grads(ws, lr, batch))
+
+    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
+        mu, f = self._split_quadratic()
+        shrink = 1 + step * mu
+        torch._foreach_div_(list(ws), shrink)
+        f.prox_(ws, step / shrink, batch)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "terms": [t.get_config() for t in self.terms]}
+
+    @classmethod
+    def _from_params(cls, params: Mapping[str, Any]) -> Penalty:
+        if set(params) != {"terms"}:
+            raise ValueError(f"sum takes exactly the argument 'terms', got {sorted(params)}")
+        return combine(*(Penalty.from_config(t) for t in params["terms"]))
+
+    def __mul__(self, factor: object) -> Penalty:
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            return NotImplemented
+        return combine(*(t * factor for t in self.terms))
+
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(t) for t in self.terms)

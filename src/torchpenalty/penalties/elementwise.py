@@ -24,7 +24,8 @@ from torch import Tensor
 
 from .. import kernels
 from .._checks import ArrayLike, check_strength, xp
-from .base import Penalty, Scalar, accumulation_dtype, check_input
+from .base import Penalty, Scalar, accumulation_dtype, check_input, register
+from .batch import Batch
 
 DEFAULT_STRENGTH = 0.01  # Keras' default for its L1/L2/L1L2 regularizers
 
@@ -89,11 +90,16 @@ class Elementwise(Penalty):
             out = out / (1 + step * self.l2_coef)
         return out if out is not w else w * 1  # never alias the input
 
-    # -- batched: the fused multi-tensor kernels ------------------------------------------------
-    def _total_value(self, ws: Sequence[Tensor]) -> Tensor:
-        return kernels.value(ws, self.l1_coef, self.l2_coef)
+    def elementwise_strengths(self) -> tuple[float, float]:
+        return self.l1_coef, self.l2_coef
 
-    def _grads(self, ws: Sequence[Tensor], scale: Scalar) -> list[Tensor]:
+    # -- fast path: the fused multi-tensor kernels ------------------------------------------------
+    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
+        return kernels.value(ws, self.l1_coef, self.l2_coef, _runner(batch))
+
+    def grads(
+        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
+    ) -> list[Tensor]:
         if self.l1_coef:
             out = torch._foreach_sign(ws)
             torch._foreach_mul_(out, self.l1_coef)
@@ -102,20 +108,29 @@ class Elementwise(Penalty):
         else:
             out = torch._foreach_mul(ws, self.l2_coef)
         torch._foreach_mul_(out, scale)
-        return out
+        return list(out)
 
-    def _add_grad_(
-        self, ws: Sequence[Tensor], gs: Sequence[Tensor], scale: Tensor | None = None
+    def add_grad_(
+        self,
+        ws: Sequence[Tensor],
+        gs: Sequence[Tensor],
+        scale: Tensor | None = None,
+        batch: Batch | None = None,
     ) -> None:
-        kernels.add_grad_(ws, gs, self.l1_coef, self.l2_coef, scale)
+        kernels.add_grad_(ws, gs, self.l1_coef, self.l2_coef, scale, _runner(batch))
 
-    def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
-        kernels.decay_(ws, lr, self.l1_coef, self.l2_coef)
+    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
+        kernels.decay_(ws, lr, self.l1_coef, self.l2_coef, _runner(batch))
 
-    def _prox_(self, ws: Sequence[Tensor], step: Scalar) -> None:
-        kernels.prox_(ws, step, self.l1_coef, self.l2_coef)
+    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
+        kernels.prox_(ws, step, self.l1_coef, self.l2_coef, _runner(batch))
 
 
+def _runner(batch: Batch | None) -> kernels.Kernels | None:
+    return None if batch is None else batch.kernels
+
+
+@register
 @dataclasses.dataclass(frozen=True, repr=False)
 class L1(Elementwise):
     """Lasso: value = ``lam * sum|w|``, grad = ``lam * sign(w)``, prox = soft-thresholding."""
@@ -133,6 +148,7 @@ class L1(Elementwise):
         return self.lam
 
 
+@register
 @dataclasses.dataclass(frozen=True, repr=False)
 class L2(Elementwise):
     """Ridge / weight decay: value = ``lam/2 * sum(w**2)``, grad = ``lam * w``.
@@ -153,6 +169,7 @@ class L2(Elementwise):
         return self.lam
 
 
+@register
 @dataclasses.dataclass(frozen=True, repr=False)
 class ElasticNet(Elementwise):
     """``L1(l1) + L2(l2)``: value = ``l1 * sum|w| + l2/2 * sum(w**2)``.
@@ -180,11 +197,13 @@ class ElasticNet(Elementwise):
         return self.l2
 
 
+@register
 @dataclasses.dataclass(frozen=True, repr=False)
 class Zero(Penalty):
     """No penalty (spec ``"none"``): value 0, grad 0, prox the identity. The identity of ``+``."""
 
     name: ClassVar[str] = "none"
+    vanishes: ClassVar[bool] = True
 
     def value(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
@@ -201,16 +220,25 @@ class Zero(Penalty):
     def __repr__(self) -> str:
         return "none"
 
-    def _total_value(self, ws: Sequence[Tensor]) -> Tensor:
+    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
         return torch.zeros((), dtype=accumulation_dtype(ws[0].dtype), device=ws[0].device)
 
-    def _add_grad_(
-        self, ws: Sequence[Tensor], gs: Sequence[Tensor], scale: Tensor | None = None
+    def grads(
+        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
+    ) -> list[Tensor]:
+        return [torch.zeros_like(w) for w in ws]
+
+    def add_grad_(
+        self,
+        ws: Sequence[Tensor],
+        gs: Sequence[Tensor],
+        scale: Tensor | None = None,
+        batch: Batch | None = None,
     ) -> None:
         pass
 
-    def _decay_(self, ws: Sequence[Tensor], lr: Scalar) -> None:
+    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
         pass
 
-    def _prox_(self, ws: Sequence[Tensor], step: Scalar) -> None:
+    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
         pass

@@ -36,9 +36,10 @@ import torch
 from torch import Tensor
 
 from .._checks import ArrayLike, check_strength
-from ..distributed import all_reduce_sum, is_dtensor, shard_info
+from ..dtensor import ShardSpec, all_reduce_max, all_reduce_sum, is_dtensor, local
 from . import norms
-from .base import Penalty, Scalar, check_input
+from .base import GroupKey, GroupStats, Penalty, Scalar, accumulation_dtype, check_input, register
+from .batch import Batch
 from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
 
 GROUPINGS = ("rows", "cols", "tensor")
@@ -69,9 +70,10 @@ class Grouping:
     every operation broadcasts against ``w``; for a callable they are gathered per element.
     """
 
-    def __init__(self, groups: GroupSpec, scale: str, w: ArrayLike) -> None:
+    def __init__(
+        self, groups: GroupSpec, scale: str, w: ArrayLike, shard: ShardSpec | None = None
+    ) -> None:
         self.is_torch = isinstance(w, Tensor)
-        shard = shard_info(w) if self.is_torch else None
         self.spans_shards = False
         if callable(groups):
             if shard is not None:
@@ -90,11 +92,10 @@ class Grouping:
             dims = (0, *range(2, w.ndim))
         size = math.prod(w.shape[d] for d in dims)
         self.count = math.prod(w.shape) // size if size else 0
-        if shard is not None and shard[0] in dims:
+        if shard is not None and shard.dim in dims:
             # the group spans shards: a global scale, then the partial sums of all shards
-            dim, process_group, global_length = shard
-            self._scale, self._unit = _spanning_norm(w, dims, process_group)
-            size = math.prod(w.shape[d] if d != dim else global_length for d in dims)
+            self._scale, self._unit = _spanning_norm(w, dims, shard.group)
+            size = math.prod(w.shape[d] if d != shard.dim else shard.global_length for d in dims)
             self.spans_shards = True
         elif self.is_torch:
             self._scale, self._unit = norms.scaled_norm(w, dims)
@@ -165,8 +166,7 @@ def _spanning_norm(w: Tensor, dims: tuple[int, ...], group: Any) -> tuple[Tensor
         amax = w.new_zeros([1 if d in dims else n for d, n in enumerate(w.shape)])
         if w.numel():
             amax = torch.linalg.vector_norm(w.detach(), float("inf"), dim=dims, keepdim=True)
-        torch.distributed.all_reduce(amax, op=torch.distributed.ReduceOp.MAX, group=group)
-        scale = norms.safe_scale(amax)
+        scale = norms.safe_scale(all_reduce_max(amax, group))
     acc = torch.promote_types(w.dtype, torch.float32)
     u = w / scale
     partial = (u * u).sum(dim=dims, keepdim=True, dtype=acc)
@@ -188,8 +188,11 @@ class _GroupBase(Penalty):
     def _group(self) -> float:
         raise NotImplementedError
 
-    def grouping(self, w: ArrayLike) -> Grouping:
-        return Grouping(self.groups, self.scale, w)
+    def grouping(self, w: ArrayLike, shard: ShardSpec | None = None) -> Grouping:
+        return Grouping(self.groups, self.scale, w, shard)
+
+    def group_strengths(self) -> tuple[GroupKey, float, float]:
+        return (self.groups, self.scale), self._l1, self._group
 
     def check_tensor(self, name: str, w: Tensor) -> None:
         if is_dtensor(w):
@@ -198,7 +201,7 @@ class _GroupBase(Penalty):
                     f"{self!r} cannot apply to {name!r}: callable groups are not supported on "
                     "sharded (FSDP2) parameters"
                 )
-            w = w.to_local()
+            w = local(w)
         try:
             self.grouping(w.detach())
         except ValueError as exc:
@@ -206,34 +209,79 @@ class _GroupBase(Penalty):
 
     def value(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
-        total = self._group * self.grouping(w).total()
+        return self._value(w, self.grouping(w))
+
+    def _value(self, w: ArrayLike, g: Grouping) -> ArrayLike:
+        total = self._group * g.total()
         if self._l1:
             total = total + self._l1 * abs(w).sum()
         return total
 
     def grad(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
-        g = self.grouping(w)
+        return self._grad(w, self.grouping(w))
+
+    def _grad(self, w: ArrayLike, g: Grouping) -> ArrayLike:
         out = g.direction() * (self._group * g.coef)
         if self._l1:
             out = out + self._l1 * sign(w)
         return out
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
-        step = check_input(w, step)
+        step = check_input(w, step)  # type: ignore[assignment]
         u = soft_threshold(w, step * self._l1) if self._l1 else w
         return u * self.grouping(u).shrink_factor(step * self._group)
 
-    def group_stats(self, w: Tensor) -> tuple[Tensor, int]:
-        g = self.grouping(w.detach())
-        return g.zero_groups(), g.count
+    def group_stats(self, w: Tensor, shard: ShardSpec | None = None) -> GroupStats:
+        g = self.grouping(w.detach(), shard)
+        return GroupStats(g.zero_groups(), g.count, g.spans_shards)
 
-    def _prox_(self, ws: Sequence[Tensor], step: Scalar) -> None:
-        for w in ws:
+    # -- fast path: per tensor, with its shard's groups -------------------------------------------
+    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
+        """``sum_i R(w_i)``; for a local shard, this process's share: its elements' L1 and its
+        groups, where a group spanning shards (whole on every process) counts ``1/world``."""
+        dtype = accumulation_dtype(ws[0].dtype)
+        parts = []
+        for i, w in enumerate(ws):
+            shard = batch.shard(i) if batch else None
+            g = self.grouping(w, shard)
+            part = self._group * g.total()
+            if g.spans_shards:
+                part = part / shard.world  # type: ignore[union-attr]
+            if self._l1:
+                part = part + self._l1 * w.abs().sum()
+            parts.append(part.to(dtype))
+        return torch.stack(parts).sum()
+
+    def grads(
+        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
+    ) -> list[Tensor]:
+        return [
+            self._grad(w, self.grouping(w, batch.shard(i) if batch else None)).mul_(scale)
+            for i, w in enumerate(ws)
+        ]
+
+    def add_grad_(
+        self,
+        ws: Sequence[Tensor],
+        gs: Sequence[Tensor],
+        scale: Tensor | None = None,
+        batch: Batch | None = None,
+    ) -> None:
+        for g, d in zip(gs, self.grads(ws, 1.0 if scale is None else scale, batch), strict=True):
+            g.add_(d)
+
+    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
+        for w, d in zip(ws, self.grads(ws, lr, batch), strict=True):
+            w.sub_(d)
+
+    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
+        for i, w in enumerate(ws):
             if self._l1:
                 t = step * self._l1
                 w.sub_(w.clamp(-t, t))
-            w.mul_(self.grouping(w).shrink_factor(step * self._group))
+            shard = batch.shard(i) if batch else None
+            w.mul_(self.grouping(w, shard).shrink_factor(step * self._group))
 
     def get_config(self) -> dict[str, Any]:
         if callable(self.groups):
@@ -244,6 +292,7 @@ class _GroupBase(Penalty):
         return super().get_config()
 
 
+@register
 @dataclasses.dataclass(frozen=True, repr=False)
 class GroupLasso(_GroupBase):
     """value = ``lam * sum_g c_g ||w_g||_2``; see the module docstring for groups and ``c_g``."""
@@ -266,6 +315,7 @@ class GroupLasso(_GroupBase):
         return self.lam
 
 
+@register
 @dataclasses.dataclass(frozen=True, repr=False)
 class SparseGroupLasso(_GroupBase):
     """value = ``l1 * sum|w| + group * sum_g c_g ||w_g||_2``; prox: soft-threshold, then shrink."""
