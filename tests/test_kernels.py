@@ -193,3 +193,25 @@ def test_compiled_add_to_grad_has_no_graph_break():
     torch.compile(reg.add_to_grad_, fullgraph=True)()
     for n, p in reg.named_parameters():
         torch.testing.assert_close(p.grad, expected[n].detach())
+
+
+def test_each_regularizer_has_its_own_backend_and_compile_state():
+    from torch import nn
+
+    from torchpenalty import Regularizer
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    eager = Regularizer(model, L1(0.1), backend="eager")
+    compiled = Regularizer(model, L1(0.1), backend="compile")
+    default = Regularizer(model, L1(0.1))
+    assert (eager.backend, compiled.backend, default.backend) == ("eager", "compile", "auto")
+    kernels.set_backend("eager")
+    try:  # the global setting is the default of regularizers built from now on, no others
+        assert Regularizer(model, L1(0.1)).backend == "eager" and default.backend == "auto"
+    finally:
+        kernels.set_backend("auto")
+    assert eager._kernels is not compiled._kernels  # no shared signatures or failure flags
+    with pytest.raises(ValueError, match="backend must be one of auto, eager, compile"):
+        Regularizer(model, L1(0.1), backend="triton")
+    for reg in (eager, compiled):  # both give the same numbers
+        torch.testing.assert_close(reg.value(), eager.value())

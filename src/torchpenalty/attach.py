@@ -20,8 +20,10 @@ from .penalties import Penalty
 if TYPE_CHECKING:
     from .regularizer import Regularizer
 
+#: the four ways to apply a penalty; every mode but "loss" is applied through `attach`
+ALL_MODES: tuple[str, ...] = ("loss", "grad", "decoupled", "proximal")
 Mode = Literal["grad", "decoupled", "proximal"]
-MODES: tuple[str, ...] = ("grad", "decoupled", "proximal")
+MODES: tuple[str, ...] = ALL_MODES[1:]
 
 
 @dataclasses.dataclass

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from torchpenalty.cli import common
+from torchpenalty.experiments import runner
+from torchpenalty.experiments.checkpoints import CHECKPOINT_KIND
 
 from ..experiments.files import write_npz
 from .helpers import SMALL, read_history, read_results, run_cli
@@ -82,14 +84,14 @@ def test_lbfgs_trains_with_a_closure_in_loss_and_grad_modes(tmp_path):
 
 def test_a_failure_during_training_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
     """Something only training reveals (here: the second run dies as if out of memory)."""
-    real_run = common.run
+    real_run = runner.run
 
     def run_that_fails_second(data, contender, *args, **kwargs):
         if contender.label.startswith("l2"):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
         return real_run(data, contender, *args, **kwargs)
 
-    monkeypatch.setattr(common, "run", run_that_fails_second)
+    monkeypatch.setattr(runner, "run", run_that_fails_second)
     out = tmp_path / "o"
     code = run_cli("compare", *SMALL, "--reg", "none", "--reg", "l2(1e-3)", "--out", out)
     assert code == 1
@@ -203,7 +205,7 @@ def test_degenerate_mnist_files_are_one_line(tmp_path, capsys, arrays, message):
 
 
 def checkpoint_with(tmp_path, **content):
-    state = {"kind": common.CHECKPOINT_KIND, "version": 1, "argv": ["compare", *SMALL]}
+    state = {"kind": CHECKPOINT_KIND, "version": 1, "argv": ["compare", *SMALL]}
     state.update({"completed": [], "current": None, **content})
     path = tmp_path / "checkpoint.pt"
     torch.save(state, path)

@@ -14,8 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from torchpenalty.experiments.checkpoints import CheckpointError, load_checkpoint
+
 from . import compare, demo, sweep
-from .common import CommandError, load_checkpoint
+from .common import CommandError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -83,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             args.argv = argv
         return args.handler(args, args.command_parser)
-    except CommandError as exc:
+    except (CommandError, CheckpointError) as exc:
         print(f"torchpenalty: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import inspect
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -19,21 +17,18 @@ from torch import nn
 
 import torchpenalty
 from torchpenalty import L2, Regularizer
+from torchpenalty.attach import ALL_MODES
 from torchpenalty.experiments import data as datasets
+from torchpenalty.experiments import runner
 from torchpenalty.experiments.models import ACTIVATIONS, MODELS
 from torchpenalty.experiments.results import environment
+from torchpenalty.experiments.runner import Trained
 from torchpenalty.experiments.training import (
-    MODES,
     Contender,
-    EpochRecord,
-    ResumeError,
-    RunResult,
     TrainConfig,
     build_model,
-    clone_state,
     make_optimizer,
     optimizer_classes,
-    run,
 )
 
 DEFAULT_MOMENTUM = 0.9
@@ -258,7 +253,7 @@ def add_compaction(
 
 def add_mode_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--mode", choices=MODES, default="loss", help="how penalties are applied (default loss)"
+        "--mode", choices=ALL_MODES, default="loss", help="how penalties are applied (default loss)"
     )
 
 
@@ -397,98 +392,6 @@ def echo(*parts: object, file=None) -> None:
     print(*parts, file=file or sys.stdout, flush=True)
 
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_KIND = "torchpenalty-checkpoint"
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomically: a temporary file in the same folder, then a rename over the old one."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by `train_all`, or a one-line `CommandError` saying what is wrong."""
-    if not path.is_file():
-        raise CommandError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, garbage bytes, a pickle with foreign objects
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CommandError(f"{path}: not a readable checkpoint ({reason[:160]})") from None
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-        raise CommandError(f"{path}: not a torchpenalty checkpoint (a torch file of another kind)")
-    if state.get("version") != 1:
-        raise CommandError(f"{path}: checkpoint version {state.get('version')!r} is not supported")
-    problem = _checkpoint_problem(state)
-    if problem:
-        raise CommandError(f"{path}: corrupt checkpoint: {problem}")
-    return state
-
-
-RUN_KEYS = {"epoch", "model", "optimizer", "regularizer", "shuffle", "rng", "history", "elapsed"}
-
-
-def _checkpoint_problem(state: dict) -> str | None:
-    """What is missing or malformed in a checkpoint's content, or None: every field `train_all`
-    and `run` read is checked before anything is trained."""
-    argv = state.get("argv")
-    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        return "'argv' must be the list of the run's arguments"
-    completed = state.get("completed")
-    if not isinstance(completed, list):
-        return "'completed' must be a list of finished runs"
-    for i, run_state in enumerate(completed):
-        if not isinstance(run_state, dict) or not {"history", "wall_time", "model"} <= set(
-            run_state
-        ):
-            return f"finished run {i} lacks its history, wall time or model"
-        if not _history_ok(run_state["history"]) or not _weights_ok(run_state["model"]):
-            return f"finished run {i} has a malformed history or model"
-    current = state.get("current")
-    if current is None:
-        return None
-    if not isinstance(current, dict) or not isinstance(current.get("index"), int):
-        return "'current' must name the run in progress by its index"
-    run_state = current.get("state")
-    if not isinstance(run_state, dict) or not set(run_state) >= RUN_KEYS:
-        missing = sorted(RUN_KEYS - set(run_state)) if isinstance(run_state, dict) else ["all"]
-        return f"the run in progress lacks {', '.join(missing)}"
-    if not isinstance(run_state["epoch"], int) or run_state["epoch"] < 1:
-        return "the run in progress has no valid epoch number"
-    if not _history_ok(run_state["history"]) or not _weights_ok(run_state["model"]):
-        return "the run in progress has a malformed history or model"
-    for key in ("shuffle", "rng"):
-        if not isinstance(run_state[key], torch.Tensor) or run_state[key].dtype != torch.uint8:
-            return f"the run in progress has a malformed random state ({key})"
-    return None
-
-
-def _history_ok(history: object) -> bool:
-    fields = {f.name for f in dataclasses.fields(EpochRecord)}
-    return isinstance(history, list) and all(
-        isinstance(r, dict) and set(r) == fields for r in history
-    )
-
-
-def _weights_ok(weights: object) -> bool:
-    return isinstance(weights, dict) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
-    )
-
-
-@dataclasses.dataclass
-class Trained:
-    """What `train_all` finished: the runs, each contender's first-seed model, whether Ctrl-C
-    stopped it, and the one-line reason if a run failed during training."""
-
-    results: list[RunResult]
-    first_models: dict[str, nn.Module]
-    interrupted: bool = False
-    failure: str | None = None
-
-
 def show_progress_bars(args: argparse.Namespace) -> bool:
     """Bars only on a terminal: without one (CI logs, pipes, ``| tee``) every refresh would be a
     new line, so one line per finished run is printed instead."""
@@ -505,112 +408,22 @@ def train_all(
     *,
     warm_start: bool = False,
 ) -> Trained:
-    """Every contender with every seed, in order; the finished runs are kept when Ctrl-C stops it
-    or when a run fails during training (its reason in ``failure``). With ``warm_start`` each run
-    starts from the previous contender's weights (same seed).
-
-    After every epoch the whole state goes to ``out/checkpoint.pt``; ``args.resume_state``
-    (from ``--resume``) continues from there to bitwise the same results.
-    """
-    resume = getattr(args, "resume_state", None) or {}
-    checkpoint = {
-        "kind": CHECKPOINT_KIND,
-        "version": 1,
-        "argv": list(args.argv),
-        "completed": list(resume.get("completed", [])),
-        "current": None,
-    }
-    trained = Trained([], {})
-    previous: dict[int, dict] = {}
-    pending = resume.get("current")
-    total = len(contenders) * len(seed_list)
-    done = len(checkpoint["completed"])
-    if done > total or (pending is not None and (pending["index"] != done or done == total)):
-        raise CommandError(
-            f"checkpoint: corrupt checkpoint: it records {done} finished run(s)"
-            + ("" if pending is None else f" and run {pending['index']} in progress")
-            + f", which does not fit this run's {total} run(s)"
-        )
-    bars = show_progress_bars(args)
-    for index, (c, seed) in enumerate((c, s) for c in contenders for s in seed_list):
-        try:
-            if index < len(checkpoint["completed"]):
-                result = _restored(checkpoint["completed"][index], c, seed, data, config)
-            else:
-
-                def on_epoch(state: dict, index: int = index) -> None:
-                    checkpoint["current"] = {"index": index, "state": state}
-                    save_checkpoint(out / CHECKPOINT, checkpoint)
-
-                state = pending["state"] if pending and pending["index"] == index else None
-                result = run(
-                    data,
-                    c,
-                    config,
-                    seed,
-                    progress=bars,
-                    init_state=previous.get(seed),
-                    keep_model=True,
-                    resume=state,
-                    on_epoch=on_epoch,
-                )
-                checkpoint["completed"].append(
-                    {
-                        "history": [dataclasses.asdict(r) for r in result.history],
-                        "wall_time": result.wall_time,
-                        "model": result.model.state_dict(),
-                    }
-                )
-                checkpoint["current"] = None
-                save_checkpoint(out / CHECKPOINT, checkpoint)
-        except KeyboardInterrupt:
-            echo(
-                f"\ninterrupted: keeping the {len(trained.results)} finished run(s)",
-                file=sys.stderr,
-            )
-            trained.interrupted = True
-            return trained
-        except CommandError:
-            raise
-        except ResumeError as exc:
-            raise CommandError(f"checkpoint: {exc}") from None
-        except Exception as exc:  # a failure only training could reveal: keep what finished
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            trained.failure = (
-                f"{c.label} (seed {seed}) failed during training: {type(exc).__name__}"
-                + (f": {reason[:300]}" if reason else "")
-            )
-            return trained
-        if warm_start:
-            previous[seed] = clone_state(result.model)
-        if seed == seed_list[0]:
-            trained.first_models[c.label] = result.model
-        result.model = None
-        trained.results.append(result)
-        if not bars:
-            echo(f"finished {result.contender} (seed {result.seed}) in {result.wall_time:.1f} s")
-    return trained
-
-
-def _restored(
-    saved: dict, c: Contender, seed: int, data: datasets.Dataset, config: TrainConfig
-) -> RunResult:
-    """A finished run read back from the checkpoint."""
-    result = RunResult(
-        c.label,
-        seed,
-        [EpochRecord(**r) for r in saved["history"]],
-        saved["wall_time"],
-        model=build_model(data, config, seed),
+    """`runner.train_all` with the command's flags: its argv, its resume state, its output."""
+    trained = runner.train_all(
+        data,
+        config,
+        contenders,
+        seed_list,
+        out,
+        argv=args.argv,
+        resume_state=getattr(args, "resume_state", None),
+        progress_bars=show_progress_bars(args),
+        warm_start=warm_start,
+        say=echo,
     )
-    try:
-        result.model.load_state_dict(saved["model"])
-    except RuntimeError as exc:
-        raise CommandError(
-            f"checkpoint: the weights of finished run {c.label} (seed {seed}) do not fit the "
-            f"model ({str(exc).strip().splitlines()[0][:200]})"
-        ) from None
-    return result
+    if trained.interrupted:
+        echo(f"\ninterrupted: keeping the {len(trained.results)} finished run(s)", file=sys.stderr)
+    return trained
 
 
 def finish(trained: Trained) -> int:

@@ -22,8 +22,6 @@ from torchpenalty import L2, Penalty, Regularizer, Zero
 from . import models
 from .data import Dataset
 
-MODES = ("loss", "grad", "decoupled", "proximal")
-
 
 class ResumeError(ValueError):
     """A saved run state (``run(resume=...)``) that cannot continue this run."""

@@ -1,0 +1,79 @@
+"""The package's layering: no import cycles, deferred (function-level) imports included; only
+imports under ``if TYPE_CHECKING:`` are exempt."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import torchpenalty
+
+ROOT = Path(torchpenalty.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The torchpenalty modules ``path`` imports anywhere (parent packages included, since
+    importing ``a.b.c`` runs ``a.b``'s ``__init__`` first)."""
+    tree = ast.parse(path.read_text())
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom) or _type_checking_only(node, parents):
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            stem = node.module or ""
+            base = f"{base}.{stem}".strip(".") if node.level else stem
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        for target in targets:
+            while target:
+                if target in modules and target != here:
+                    found.add(target)
+                target = target.rpartition(".")[0]
+    return found
+
+
+def test_no_import_cycles():
+    paths = sorted(ROOT.rglob("*.py"))
+    modules = {module_name(p) for p in paths}
+    graph = {module_name(p): imports_of(p, modules) for p in paths}
+    # a package's __init__ importing its own submodules is not a cycle of the layering
+    for name, deps in graph.items():
+        graph[name] = {
+            d for d in deps if not (d.startswith(name + ".") or name.startswith(d + "."))
+        }
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(dep) :], dep]))
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
