@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from torchpenalty import parse
 from torchpenalty.experiments import plots
-from torchpenalty.experiments.results import (
-    format_table,
-    run_records,
-    summarize,
-    write_history,
-    write_json,
-)
 from torchpenalty.experiments.training import Contender
 
-from . import common
+from . import common, pipeline
 
 DEFAULT_REGS = ("none", "l2(1e-3)", "l1(1e-4)")
 DEFAULT_WEIGHT_DECAY = 1e-3
@@ -114,58 +108,45 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
     return out
 
 
+def describe(c: Contender) -> dict[str, Any]:
+    """A contender as results.json records it."""
+    if c.penalty is None:
+        penalty: Any = None
+    elif isinstance(c.penalty, dict):
+        penalty = {k: str(v) for k, v in c.penalty.items()}
+    else:
+        penalty = repr(c.penalty)
+    return {
+        "label": c.label,
+        "description": c.describe(),
+        "mode": c.mode,
+        "penalty": penalty,
+        "weight_decay": c.weight_decay,
+    }
+
+
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         entrants = contenders(args)
     except ValueError as exc:
         parser.error(str(exc))
-    data = common.load_data(args)
-    config = common.train_config(args)
-    common.check_setup(parser, data, config, entrants, rules_file=args.rules)
-    out = common.output_dir(args, "compare")
-    seed_list = common.seeds(args)
-    common.echo(common.describe_run(data, config, seed_list))
-    for c in entrants:
-        common.echo(f"  {c.label}: {c.describe()}")
 
-    trained = common.train_all(args, data, config, entrants, seed_list, out)
-    results, final_models = trained.results, trained.first_models
-    if not results:
-        return common.finish(trained)
+    def present(done: pipeline.Finished) -> pipeline.Presentation:
+        labels = [s["contender"] for s in done.summary]
+        task = done.data.task
+        return pipeline.Presentation(
+            fields={"contenders": [describe(c) for c in entrants]},
+            figures={
+                "curves.png": lambda path: plots.plot_curves(done.results, labels, task, path),
+                "weights.png": lambda path: plots.plot_weight_histograms(done.models, path),
+            },
+        )
 
-    labels = [c.label for c in entrants]
-    summary = summarize(results, labels)
-    common.echo()
-    extra = (
-        common.add_compaction(summary, final_models, data, config.device) if args.compact else ()
+    study = pipeline.Study(
+        "compare",
+        entrants,
+        [f"  {c.label}: {c.describe()}" for c in entrants],
+        present,
+        rules_file=args.rules,
     )
-    common.echo(format_table(summary, data.task, extra=extra))
-    payload = {
-        **common.header("compare", args, data, seed_list),
-        "contenders": [
-            {
-                "label": c.label,
-                "description": c.describe(),
-                "mode": c.mode,
-                "penalty": None
-                if c.penalty is None
-                else (
-                    {k: str(v) for k, v in c.penalty.items()}
-                    if isinstance(c.penalty, dict)
-                    else repr(c.penalty)
-                ),
-                "weight_decay": c.weight_decay,
-            }
-            for c in entrants
-        ],
-        "summary": summary,
-        "runs": run_records(results),
-        "interrupted": trained.interrupted,
-        "failure": trained.failure,
-    }
-    write_json(out / "results.json", payload)
-    write_history(out / "history.csv", results)
-    plots.plot_curves(results, [s["contender"] for s in summary], data.task, out / "curves.png")
-    plots.plot_weight_histograms(final_models, out / "weights.png")
-    common.echo(f"\nwrote {out}/: results.json, history.csv, curves.png, weights.png")
-    return common.finish(trained)
+    return pipeline.run_study(args, parser, study)

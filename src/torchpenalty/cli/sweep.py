@@ -12,17 +12,10 @@ import numpy as np
 
 from torchpenalty import Penalty, Zero, parse
 from torchpenalty.experiments import plots
-from torchpenalty.experiments.results import (
-    format_table,
-    metric_name,
-    run_records,
-    summarize,
-    write_history,
-    write_json,
-)
+from torchpenalty.experiments.results import metric_name
 from torchpenalty.experiments.training import Contender
 
-from . import common
+from . import common, pipeline
 
 
 def lam_grid(text: str) -> list[float]:
@@ -115,67 +108,52 @@ def choose(summary: list[dict[str, Any]], task: str) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    data = common.load_data(args)
-    config = common.train_config(args)
     lams = sorted(args.lams, reverse=True) if args.warm_start else list(args.lams)
+    labels = strength_labels(lams)
     try:
         entrants = [
             Contender(label, lam * args.reg, args.mode)
-            for label, lam in zip(strength_labels(lams), lams, strict=True)
+            for label, lam in zip(labels, lams, strict=True)
         ]
     except ValueError as exc:  # lambda times a strength of the spec overflows
         parser.error(f"--lams: {exc}")
-    common.check_setup(parser, data, config, entrants)
-    out = common.output_dir(args, "sweep")
-    seed_list = common.seeds(args)
-    common.echo(common.describe_run(data, config, seed_list))
-    common.echo(
-        f"  sweeping {args.reg!r} x lambda over {len(lams)} strengths, {args.mode} mode"
-        + (", warm-started" if args.warm_start else "")
-    )
 
-    trained = common.train_all(
-        args, data, config, entrants, seed_list, out, warm_start=args.warm_start
-    )
-    results, first_models = trained.results, trained.first_models
-    if not results:
-        return common.finish(trained)
-
-    summary = summarize(results, [c.label for c in entrants])
-    for row in summary:
-        row["lam"] = lams[[c.label for c in entrants].index(row["contender"])]
-    summary.sort(key=lambda r: r["lam"])
-    best = choose(summary, data.task)
-    fmt = ".2%" if data.task == "classification" else ".4g"
-    val_name = metric_name(data.task).replace("test", "validation")
-    common.echo()
-    extra = [(val_name, "val_metric", fmt)]
-    if args.compact:
-        extra += common.add_compaction(summary, first_models, data, config.device)
-    common.echo(format_table(summary, data.task, extra=extra, first="lambda"))
-    common.echo(
-        f"\nchosen on the validation split: lambda = {best['lam']:.4g} "
-        f"({val_name} {format(best['val_metric'], fmt)}); "
-        f"its {metric_name(data.task)}: {format(best['test_metric'], fmt)}"
-    )
-    write_json(
-        out / "results.json",
-        {
-            **common.header("sweep", args, data, seed_list),
-            "penalty": repr(args.reg),
-            "summary": summary,
-            "chosen": {
-                "lam": best["lam"],
-                "penalty": repr(best["lam"] * args.reg),
-                "val_metric": best["val_metric"],
-                "test_metric": best["test_metric"],
+    def present(done: pipeline.Finished) -> pipeline.Presentation:
+        summary, task = done.summary, done.data.task
+        for row in summary:
+            row["lam"] = lams[labels.index(row["contender"])]
+        summary.sort(key=lambda r: r["lam"])
+        best = choose(summary, task)
+        fmt = ".2%" if task == "classification" else ".4g"
+        val_name = metric_name(task).replace("test", "validation")
+        return pipeline.Presentation(
+            columns=[(val_name, "val_metric", fmt)],
+            first_column="lambda",
+            notes=[
+                f"\nchosen on the validation split: lambda = {best['lam']:.4g} "
+                f"({val_name} {format(best['val_metric'], fmt)}); "
+                f"its {metric_name(task)}: {format(best['test_metric'], fmt)}"
+            ],
+            fields={
+                "penalty": repr(args.reg),
+                "chosen": {
+                    "lam": best["lam"],
+                    "penalty": repr(best["lam"] * args.reg),
+                    "val_metric": best["val_metric"],
+                    "test_metric": best["test_metric"],
+                },
             },
-            "runs": run_records(results),
-            "interrupted": trained.interrupted,
-            "failure": trained.failure,
-        },
+            figures={"sweep.png": lambda path: plots.plot_sweep(summary, task, best["lam"], path)},
+        )
+
+    study = pipeline.Study(
+        "sweep",
+        entrants,
+        [
+            f"  sweeping {args.reg!r} x lambda over {len(lams)} strengths, {args.mode} mode"
+            + (", warm-started" if args.warm_start else "")
+        ],
+        present,
+        warm_start=args.warm_start,
     )
-    write_history(out / "history.csv", results)
-    plots.plot_sweep(summary, data.task, best["lam"], out / "sweep.png")
-    common.echo(f"\nwrote {out}/: results.json, history.csv, sweep.png")
-    return common.finish(trained)
+    return pipeline.run_study(args, parser, study)
