@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-ArrayLike = Tensor | np.ndarray
+#: a torch tensor or a NumPy array; single-tensor methods answer in the same kind
+ArrayLike = TypeVar("ArrayLike", Tensor, np.ndarray)
 
 
 def check_strength(value: object, name: str) -> float:

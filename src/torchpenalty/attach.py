@@ -36,6 +36,14 @@ class _Slice:
     params: list[nn.Parameter]
 
 
+@dataclasses.dataclass
+class _PlanState:
+    """An attachment's plan and the regularizer version it was made for."""
+
+    version: int
+    plan: list[_Slice]
+
+
 class AttachHandle:
     """What `Regularizer.attach` returns: ``.remove()`` detaches (idempotent: a second call, or a
     call on an old handle, never touches a newer attachment); usable as a context manager."""
@@ -230,13 +238,13 @@ def attach(
             f"{type(optimizer).__name__} (the closure's loss gets +R or -R); got both"
         )
 
-    state = {"version": reg._version, "plan": plan}
+    state = _PlanState(reg._version, plan)
 
     def current_plan() -> list[_Slice]:
         reg._refresh()  # follows parameters replaced in the model
-        if state["version"] != reg._version:  # penalties reloaded or parameters rebound
-            state["version"], state["plan"] = reg._version, _plan(reg, optimizer)
-        return state["plan"]
+        if state.version != reg._version:  # penalties reloaded or parameters rebound
+            state.version, state.plan = reg._version, _plan(reg, optimizer)
+        return state.plan
 
     # GradScaler leaves `grad_scale` (gradients still scaled) and `found_inf` on optimizers that
     # unscale inside their own fused step; ordinary ones are unscaled before step(), and skipped.
@@ -247,10 +255,10 @@ def attach(
                 # maximize=True negates the gradient inside step(); weight_decay is added after
                 # that negation, so the penalty gradient goes in with the opposite sign
                 if s.group.get("maximize", False):
-                    s_scale = -scale if scale is not None else torch.tensor(-1.0)
+                    signed = -scale if scale is not None else torch.tensor(-1.0)
+                    reg._add_grad(s.penalty, s.indices, signed)
                 else:
-                    s_scale = scale
-                reg._add_grad(s.penalty, s.indices, s_scale)
+                    reg._add_grad(s.penalty, s.indices, scale)
 
     def lr_of(opt: torch.optim.Optimizer, group: dict) -> Any:
         found_inf = getattr(opt, "found_inf", None)  # a step the fused optimizer will skip

@@ -60,10 +60,10 @@ class Binding:
         for path, _ in self.locations:
             parent = root
             for part in path.split(".") if path else ():
-                child = parent._modules[part]
+                child = parent.get_submodule(part)
                 links[(id(parent), part)] = (parent, part, child)
                 parent = child
-        self._links = list(links.values())
+        self._links = list(links.values())  # (parent, name, child)
 
     def intact(self) -> bool:
         """Whether every name still stands for the tensor bound to it (identity checks only)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .selection import unwrap
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+Prunable = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 
 def _torch_pruning() -> Any:
@@ -98,12 +99,12 @@ def _channel_slices(group: Any, n_channels: int, in_handlers: set[str]) -> list[
     return out
 
 
-def _in_weight(consumer: nn.Module, index: list[int]) -> Tensor:
+def _in_weight(consumer: Prunable, index: list[int]) -> Tensor:
     """The consumer's weights for the given inputs (Linear columns, Conv input channels)."""
     return consumer.weight[:, index]
 
 
-def _fold_constant(consumer: nn.Module, index: list[int], value: Tensor) -> bool:
+def _fold_constant(consumer: Prunable, index: list[int], value: Tensor) -> bool:
     """Add the consumer's response to a constant input block to its bias, if that is exact."""
     if isinstance(consumer, nn.Linear):
         delta = consumer.weight[:, index] @ value.reshape(len(index))
@@ -126,12 +127,12 @@ def _constant(block: Tensor) -> Tensor | None:
     return lo if bool(((hi - lo) <= tolerance).all()) else None
 
 
-def _prune_layer(tp: Any, model: nn.Module, graph: Any, layer: nn.Module, inputs: tuple) -> bool:
+def _prune_layer(tp: Any, model: nn.Module, graph: Any, layer: Prunable, inputs: tuple) -> bool:
     """Remove the dead and unused units of ``layer``; True if anything was removed."""
     linear = isinstance(layer, nn.Linear)
-    if not linear and layer.groups != 1:
+    if not isinstance(layer, nn.Linear) and layer.groups != 1:
         return False
-    n = layer.out_features if linear else layer.out_channels
+    n = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     out_fn = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
     full = graph.get_pruning_group(layer, out_fn, idxs=list(range(n)))
     consumers = _channel_slices(full, n, {"prune_in_channels"})
@@ -186,7 +187,8 @@ def compact(
     for name in names:
         snapshot = copy.deepcopy(working)
         try:
-            changed = _prune_layer(tp, working, graph, working.get_submodule(name), inputs)
+            layer = cast(Prunable, working.get_submodule(name))
+            changed = _prune_layer(tp, working, graph, layer, inputs)
         except (RuntimeError, ValueError, IndexError) as exc:
             warnings.warn(f"compact: left layer {name!r} as it is ({exc})", stacklevel=2)
             changed, ok = True, False  # undo whatever part of the surgery happened

@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -39,6 +39,8 @@ CHUNK_NUMEL = 1 << 18  # elements per eager chunk: the sign temporary stays cach
 # reach dynamo's recompile limit, whose fallback would run the fused code unfused.
 MAX_SIGNATURES = 32
 Scalar = float | Tensor
+#: what torch's multi-tensor (``_foreach``) ops take
+Tensors = list[Tensor] | tuple[Tensor, ...]
 
 _default = {"backend": "auto"}  # the backend of regularizers built without backend=
 
@@ -74,7 +76,7 @@ class Kernels:
     def __post_init__(self) -> None:
         self.backend = check_backend(self.backend)
 
-    def use_compiled(self, kernel: Callable, ws: Sequence[Tensor]) -> bool:
+    def use_compiled(self, kernel: Callable, ws: Tensors) -> bool:
         if self.backend == "eager" or self.compile_failed:
             return False
         if torch.compiler.is_compiling():  # inside the user's compiled region: theirs fuses ours
@@ -117,7 +119,7 @@ def _recompile_limit(limit: int) -> contextlib.AbstractContextManager:
     (``cache_size_limit`` before)."""
     config = torch._dynamo.config
     key = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    return config.patch(**{key: limit})
+    return config.patch({key: limit})
 
 
 def pack(sizes: Sequence[int], budget: int) -> list[list[int]]:
@@ -137,7 +139,7 @@ def pack(sizes: Sequence[int], budget: int) -> list[list[int]]:
     return out
 
 
-def _chunks(ws: Sequence[Tensor]) -> list[list[int]]:
+def _chunks(ws: Tensors) -> list[list[int]]:
     """Index runs of at most `CHUNK_NUMEL` elements and at most the largest tensor's size: a
     chunk's temporaries stay cache-sized and never exceed the largest tensor."""
     return pack([w.numel() for w in ws], min(CHUNK_NUMEL, max(w.numel() for w in ws)))
@@ -191,7 +193,7 @@ def _compiled(kernel: Callable) -> Callable:
     return torch.compile(kernel, fullgraph=True, dynamic=False)
 
 
-def _lists(*tensor_lists: Sequence[Tensor]) -> list[list[Tensor]]:
+def _lists(*tensor_lists: Tensors) -> list[list[Tensor]]:
     """Lists for a compiled kernel: 0-dim tensors as 1-element views of the same storage, as
     compiled code treats 0-dim CPU tensors as scalars and would drop their in-place update."""
     return [[t.view(1) if t.dim() == 0 else t for t in ts] for ts in tensor_lists]
@@ -199,8 +201,8 @@ def _lists(*tensor_lists: Sequence[Tensor]) -> list[list[Tensor]]:
 
 # -- the four operations ---------------------------------------------------------------------
 def add_grad_(
-    ws: Sequence[Tensor],
-    gs: Sequence[Tensor],
+    ws: Tensors,
+    gs: Tensors,
     l1: float,
     l2: float,
     scale: Tensor | None = None,
@@ -230,8 +232,8 @@ def add_grad_(
 
 
 def _add_scaled_grad_(
-    ws: Sequence[Tensor],
-    gs: Sequence[Tensor],
+    ws: Tensors,
+    gs: Tensors,
     l1: float,
     l2: float,
     scale: Tensor,
@@ -258,16 +260,14 @@ def _add_scaled_grad_(
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def _decay_low_precision_(ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float) -> None:
+def _decay_low_precision_(ws: Tensors, lr: Scalar, l1: float, l2: float) -> None:
     """In float32, rounded once: bf16 ops would round the coefficient, and each op's result."""
     for w in ws:
         w32 = w.float()
         w.copy_(w32 * (1 - lr * l2) - torch.sign(w32) * (lr * l1))
 
 
-def decay_(
-    ws: Sequence[Tensor], lr: Scalar, l1: float, l2: float, runner: Kernels | None = None
-) -> None:
+def decay_(ws: Tensors, lr: Scalar, l1: float, l2: float, runner: Kernels | None = None) -> None:
     """``w -= lr * (l1 * sign(w) + l2 * w)``; for L2 alone AdamW's ``w *= 1 - lr*l2``."""
     if not ws or not (l1 or l2):
         return
@@ -283,7 +283,7 @@ def decay_(
     elif l1:
         for chunk in _chunks(ws):
             cw = [ws[i] for i in chunk]
-            signs = torch._foreach_sign(cw)  # the sign before the shrink
+            signs = list(torch._foreach_sign(cw))  # the sign before the shrink
             if l2:
                 torch._foreach_mul_(cw, 1 - lr * l2)
             _axpy_(cw, signs, -lr * l1)
@@ -292,9 +292,7 @@ def decay_(
         torch._foreach_mul_(ws, 1 - lr * l2)  # AdamW's `param.mul_(1 - lr * weight_decay)`
 
 
-def prox_(
-    ws: Sequence[Tensor], step: Scalar, l1: float, l2: float, runner: Kernels | None = None
-) -> None:
+def prox_(ws: Tensors, step: Scalar, l1: float, l2: float, runner: Kernels | None = None) -> None:
     """``w = soft(w, step*l1) / (1 + step*l2)``."""
     if not ws or not (l1 or l2):
         return
@@ -306,7 +304,7 @@ def prox_(
         if ok:
             return
     if l1 and ws[0].dtype in LOW_PRECISION:
-        t = step * l1
+        t: Any = step * l1  # a number or a 0-dim tensor
         for w in ws:  # both terms in float32, rounded once
             w32 = w.float()
             w.copy_((w32 - w32.clamp(-t, t)) / (1 + step * l2))
@@ -319,7 +317,7 @@ def prox_(
         torch._foreach_div_(ws, 1 + step * l2)
 
 
-def value(ws: Sequence[Tensor], l1: float, l2: float, runner: Kernels | None = None) -> Tensor:
+def value(ws: Tensors, l1: float, l2: float, runner: Kernels | None = None) -> Tensor:
     """``sum_i l1 * ||w_i||_1 + l2/2 * ||w_i||_2^2``, accumulated in float32 or wider."""
     runner = runner or Kernels()
     dtype = torch.promote_types(ws[0].dtype, torch.float32)
@@ -328,7 +326,7 @@ def value(ws: Sequence[Tensor], l1: float, l2: float, runner: Kernels | None = N
             _fused_value, *_lists(ws), _scalar(l1, ws[0]), _scalar(l2 / 2, ws[0]), bool(l2)
         )
         if ok:
-            return total
+            return cast(Tensor, total)
     total = torch.zeros((), dtype=dtype, device=ws[0].device)
     if l1:
         total += l1 * torch.stack(torch._foreach_norm(ws, 1, dtype=dtype)).sum()

@@ -274,7 +274,11 @@ class Regularizer:
                 ws = [w for w in self._sharding.locals(b.params) if w.numel()]
                 amax = iter(torch._foreach_norm(ws, float("inf")) if ws else ())
                 for w in self._sharding.locals(b.params):
-                    bad = ~torch.isfinite(next(amax)) if w.numel() else torch.zeros((), dtype=bool)
+                    bad = (
+                        ~torch.isfinite(next(amax))
+                        if w.numel()
+                        else torch.zeros((), dtype=torch.bool)
+                    )
                     flags.append(bad.to(flags[0].device if flags else w.device, torch.float64))
             order = [i for b in self._buckets for i in b.indices]
             counts = self._sharding.reduce(torch.stack(flags)).tolist()  # the one sync
@@ -393,7 +397,7 @@ class Regularizer:
 
     # -- optimizer hooks: the same steps at every optimizer.step() -----------------------------
     def attach(
-        self, optimizer: torch.optim.Optimizer, mode: Mode, *, check_finite: bool = False
+        self, optimizer: torch.optim.Optimizer, mode: Mode | str, *, check_finite: bool = False
     ) -> AttachHandle:
         """Apply the penalty at every ``optimizer.step()`` through its step hooks.
 
@@ -419,6 +423,7 @@ class Regularizer:
 
     def state_dict(self) -> dict[str, Any]:
         """Penalties (unscaled), the schedule's step and, for built-in schedules, its config."""
+        schedule: dict[str, Any] | str | None
         if self.schedule is None:
             schedule = None
         elif isinstance(self.schedule, Schedule):

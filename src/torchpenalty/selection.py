@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, Union
+from typing import Literal, Union, cast
 
 from torch import Tensor, nn
 
@@ -66,7 +66,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside ``torch.compile``, DDP and DataParallel wrappers."""
     while True:
         if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         elif isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
             model = model.module
         else:
@@ -99,7 +99,7 @@ def is_norm_layer(module: nn.Module) -> bool:
 
 
 def _no_weight_decay_patterns(model: nn.Module) -> list[str]:
-    patterns = []
+    patterns: list[str] = []
     for prefix, module in unwrap(model).named_modules():
         method = getattr(module, "no_weight_decay", None)
         if callable(method):

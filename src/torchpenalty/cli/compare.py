@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def load_rules(path: Path) -> dict[str, str]:
     """A TOML file of ``"glob" = "spec"`` pairs, in file order."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10
         import tomli as tomllib
     try:
         rules = tomllib.loads(path.read_text())

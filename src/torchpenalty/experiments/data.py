@@ -53,7 +53,7 @@ class Dataset:
 
     @property
     def n_outputs(self) -> int:
-        return self.n_classes if self.task == "classification" else 1
+        return self.n_classes or 0 if self.task == "classification" else 1
 
     def subsample_train(self, size: int, seed: int = SPLIT_SEED) -> Dataset:
         """The first ``size`` rows of a fixed (stratified for classification) shuffle."""
@@ -64,7 +64,7 @@ class Dataset:
             from sklearn.model_selection import train_test_split
 
             labels = self.y_train.numpy()
-            stratify = labels if size >= self.n_classes else None
+            stratify = labels if size >= (self.n_classes or 0) else None
             idx, _ = train_test_split(
                 np.arange(n), train_size=size, stratify=stratify, random_state=seed
             )
@@ -93,12 +93,32 @@ def _split(
     )
 
 
-def _dataset(name, task, train, val, test, n_classes=None, image_shape=None) -> Dataset:
+def _dataset(
+    name: str,
+    task: Task,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    n_classes: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+) -> Dataset:
     label_dtype = torch.long if task == "classification" else torch.float32
-    tensors = []
-    for x, y in (train, val, test):
-        tensors += [torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=label_dtype)]
-    return Dataset(name, task, *tensors, n_classes=n_classes, image_shape=image_shape)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        (torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=label_dtype))
+        for x, y in (train, val, test)
+    )
+    return Dataset(
+        name,
+        task,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        x_test,
+        y_test,
+        n_classes=n_classes,
+        image_shape=image_shape,
+    )
 
 
 def load_digits() -> Dataset:

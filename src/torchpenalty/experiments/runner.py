@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -57,18 +58,19 @@ def train_all(
     the same results.
     """
     resume = resume_state or {}
-    checkpoint = {
+    completed: list[dict[str, Any]] = list(resume.get("completed", []))
+    checkpoint: dict[str, Any] = {
         "kind": CHECKPOINT_KIND,
         "version": 1,
         "argv": list(argv),
-        "completed": list(resume.get("completed", [])),
+        "completed": completed,
         "current": None,
     }
     trained = Trained([], {})
     previous: dict[int, dict] = {}
     pending = resume.get("current")
     total = len(contenders) * len(seed_list)
-    done = len(checkpoint["completed"])
+    done = len(completed)
     if done > total or (pending is not None and (pending["index"] != done or done == total)):
         raise CheckpointError(
             f"checkpoint: corrupt checkpoint: it records {done} finished run(s)"
@@ -78,8 +80,8 @@ def train_all(
     bars = progress_bars
     for index, (c, seed) in enumerate((c, s) for c in contenders for s in seed_list):
         try:
-            if index < len(checkpoint["completed"]):
-                result = _restored(checkpoint["completed"][index], c, seed, data, config)
+            if index < len(completed):
+                result = _restored(completed[index], c, seed, data, config)
             else:
 
                 def on_epoch(state: dict, index: int = index) -> None:
@@ -98,11 +100,11 @@ def train_all(
                     resume=state,
                     on_epoch=on_epoch,
                 )
-                checkpoint["completed"].append(
+                completed.append(
                     {
                         "history": [dataclasses.asdict(r) for r in result.history],
                         "wall_time": result.wall_time,
-                        "model": result.model.state_dict(),
+                        "model": result.trained_model.state_dict(),
                     }
                 )
                 checkpoint["current"] = None
@@ -122,9 +124,9 @@ def train_all(
             )
             return trained
         if warm_start:
-            previous[seed] = clone_state(result.model)
+            previous[seed] = clone_state(result.trained_model)
         if seed == seed_list[0]:
-            trained.first_models[c.label] = result.model
+            trained.first_models[c.label] = result.trained_model
         result.model = None
         trained.results.append(result)
         if not bars:
@@ -136,15 +138,12 @@ def _restored(
     saved: dict, c: Contender, seed: int, data: Dataset, config: TrainConfig
 ) -> RunResult:
     """A finished run read back from the checkpoint."""
+    model = build_model(data, config, seed)
     result = RunResult(
-        c.label,
-        seed,
-        [EpochRecord(**r) for r in saved["history"]],
-        saved["wall_time"],
-        model=build_model(data, config, seed),
+        c.label, seed, [EpochRecord(**r) for r in saved["history"]], saved["wall_time"], model
     )
     try:
-        result.model.load_state_dict(saved["model"])
+        model.load_state_dict(saved["model"])
     except RuntimeError as exc:
         raise CheckpointError(
             f"checkpoint: the weights of finished run {c.label} (seed {seed}) do not fit the "

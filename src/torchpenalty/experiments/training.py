@@ -87,6 +87,13 @@ class RunResult:
     def final(self) -> EpochRecord:
         return self.history[-1]
 
+    @property
+    def trained_model(self) -> nn.Module:
+        """The model, for a run made with ``keep_model=True``."""
+        if self.model is None:
+            raise ValueError(f"the run of {self.contender} (seed {self.seed}) kept no model")
+        return self.model
+
 
 def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
     """Every optimizer in ``torch.optim``, by lower-case name (sgd, adam, adamw, rmsprop, ...)."""
@@ -271,7 +278,7 @@ def run(
         for i in range(0, len(order), config.batch_size):
             idx = order[i : i + config.batch_size]
 
-            def closure(idx: torch.Tensor = idx) -> torch.Tensor:
+            def closure(idx: torch.Tensor = idx) -> Any:
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x_train[idx]), y_train[idx])
                 if reg is not None and contender.mode == "loss":
@@ -294,9 +301,22 @@ def run(
         ).tolist()  # the epoch's one sync
         report = weights.report()
         norm = math.sqrt(sum(r.l2_norm**2 for r in report))
-        zero_groups = reg.report().zero_groups if grouped else math.nan
+        zero_groups = reg.report().zero_groups if reg is not None and grouped else math.nan
+        train_loss, penalty, val_loss, val_metric, test_loss, test_metric = figures
         history.append(
-            EpochRecord(epoch, *figures, norm, report.zero_fraction, report.zero_units, zero_groups)
+            EpochRecord(
+                epoch,
+                train_loss,
+                penalty,
+                val_loss,
+                val_metric,
+                test_loss,
+                test_metric,
+                norm,
+                report.zero_fraction,
+                report.zero_units,
+                zero_groups,
+            )
         )
         metric = "acc" if data.task == "classification" else "mse"
         if on_epoch is not None:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .._checks import ArrayLike, check_array, check_step, check_strength
 from ..dtensor import ShardSpec
+from ..kernels import Tensors
 from ..registry import Registry
 from .batch import Batch
 
@@ -195,22 +196,20 @@ class Penalty(ABC):
     # Regularizer calls these with every tensor that shares the penalty, a device and a dtype,
     # and a Batch (the kernels to use; which tensors are shards). Override them to join the fused
     # paths; the defaults work per tensor through value / grad / prox (whole tensors only).
-    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
+    def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         """``sum_i R(w_i)`` without autograd, in float32 or wider. For local shards: this
         process's share, so that the sum over processes is the global penalty."""
         dtype = accumulation_dtype(ws[0].dtype)
         return torch.stack([self.value(w).to(dtype) for w in ws]).sum()
 
-    def grads(
-        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
-    ) -> list[Tensor]:
+    def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
         """New tensors ``scale * grad R(w_i)``."""
         return [self.grad(w).mul_(scale) for w in ws]
 
     def add_grad_(
         self,
-        ws: Sequence[Tensor],
-        gs: Sequence[Tensor],
+        ws: Tensors,
+        gs: Tensors,
         scale: Tensor | None = None,
         batch: Batch | None = None,
     ) -> None:
@@ -218,12 +217,12 @@ class Penalty(ABC):
         for w, g in zip(ws, gs, strict=True):
             g.add_(self.grad(w) if scale is None else self.grad(w) * scale)
 
-    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
+    def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
         """``w_i -= lr * grad R(w_i)`` (decoupled decay)."""
         for w in ws:
             w.sub_(self.grad(w).mul_(lr))
 
-    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
+    def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
         """``w_i = prox(w_i, step)``."""
         for w in ws:
             w.copy_(self.prox(w, step))
@@ -266,10 +265,15 @@ def check_strengths_fit(penalty: Penalty, name: str, dtype: torch.dtype) -> None
         )
 
 
-def check_input(w: object, step: object | None = None) -> Scalar | None:
-    """Validate the arguments of a single-tensor call; returns the validated step."""
+def check_input(w: object) -> None:
+    """Validate the tensor of a single-tensor call."""
     check_array(w)
-    return None if step is None else check_step(step)
+
+
+def check_prox_args(w: object, step: object) -> Scalar:
+    """Validate the arguments of a prox call; returns the validated step."""
+    check_array(w)
+    return check_step(step)
 
 
 # -- sums ----------------------------------------------------------------------------------------
@@ -366,10 +370,16 @@ class Sum(Penalty):
         return self.terms
 
     def value(self, w: ArrayLike) -> ArrayLike:
-        return sum(t.value(w) for t in self.terms[1:]) + self.terms[0].value(w)  # type: ignore[return-value]
+        total = self.terms[0].value(w)
+        for t in self.terms[1:]:
+            total = total + t.value(w)
+        return total
 
     def grad(self, w: ArrayLike) -> ArrayLike:
-        return sum(t.grad(w) for t in self.terms[1:]) + self.terms[0].grad(w)  # type: ignore[return-value]
+        total = self.terms[0].grad(w)
+        for t in self.terms[1:]:
+            total = total + t.grad(w)
+        return total
 
     def _split_quadratic(self) -> tuple[float, Penalty]:
         """``(mu, f)`` with ``self = f + mu/2 ||w||^2``, or raise if ``f`` has no closed prox."""
@@ -400,36 +410,36 @@ class Sum(Penalty):
         return next((s for t in self.terms if (s := t.group_stats(w, shard)) is not None), None)
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
-        step = check_input(w, step)  # type: ignore[assignment]
+        step = check_prox_args(w, step)
         mu, f = self._split_quadratic()
         shrink = 1 + step * mu
         return f.prox(w / shrink, step / shrink)
 
     # fast path: term by term, each with its own kernels (and shard-aware group terms)
-    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
-        parts = [t.total_value(ws, batch) for t in self.terms]
-        return parts[0] + sum(parts[1:])  # type: ignore[return-value]
+    def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
+        total = self.terms[0].total_value(ws, batch)
+        for t in self.terms[1:]:
+            total = total + t.total_value(ws, batch)
+        return total
 
-    def grads(
-        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
-    ) -> list[Tensor]:
+    def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
         return _sum_lists([t.grads(ws, scale, batch) for t in self.terms])
 
     def add_grad_(
         self,
-        ws: Sequence[Tensor],
-        gs: Sequence[Tensor],
+        ws: Tensors,
+        gs: Tensors,
         scale: Tensor | None = None,
         batch: Batch | None = None,
     ) -> None:
         for t in self.terms:
             t.add_grad_(ws, gs, scale, batch)
 
-    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
+    def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
         # every term's gradient at the same w, then one update
         torch._foreach_sub_(list(ws), self.grads(ws, lr, batch))
 
-    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
+    def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
         mu, f = self._split_quadratic()
         shrink = 1 + step * mu
         torch._foreach_div_(list(ws), shrink)

@@ -15,7 +15,6 @@ does. Keras' ``regularizers.L2(l2)`` has no 1/2 (``l2 * sum(w**2)``), so Keras `
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -24,7 +23,8 @@ from torch import Tensor
 
 from .. import kernels
 from .._checks import ArrayLike, check_strength, xp
-from .base import Penalty, Scalar, accumulation_dtype, check_input, register
+from ..kernels import Tensors
+from .base import Penalty, Scalar, accumulation_dtype, check_input, check_prox_args, register
 from .batch import Batch
 
 DEFAULT_STRENGTH = 0.01  # Keras' default for its L1/L2/L1L2 regularizers
@@ -84,7 +84,7 @@ class Elementwise(Penalty):
         return self.l2_coef * w
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
-        step = check_input(w, step)
+        step = check_prox_args(w, step)
         out = soft_threshold(w, step * self.l1_coef) if self.l1_coef else w
         if self.l2_coef:
             out = out / (1 + step * self.l2_coef)
@@ -94,12 +94,10 @@ class Elementwise(Penalty):
         return self.l1_coef, self.l2_coef
 
     # -- fast path: the fused multi-tensor kernels ------------------------------------------------
-    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
+    def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         return kernels.value(ws, self.l1_coef, self.l2_coef, _runner(batch))
 
-    def grads(
-        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
-    ) -> list[Tensor]:
+    def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
         if self.l1_coef:
             out = torch._foreach_sign(ws)
             torch._foreach_mul_(out, self.l1_coef)
@@ -112,17 +110,17 @@ class Elementwise(Penalty):
 
     def add_grad_(
         self,
-        ws: Sequence[Tensor],
-        gs: Sequence[Tensor],
+        ws: Tensors,
+        gs: Tensors,
         scale: Tensor | None = None,
         batch: Batch | None = None,
     ) -> None:
         kernels.add_grad_(ws, gs, self.l1_coef, self.l2_coef, scale, _runner(batch))
 
-    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
+    def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
         kernels.decay_(ws, lr, self.l1_coef, self.l2_coef, _runner(batch))
 
-    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
+    def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
         kernels.prox_(ws, step, self.l1_coef, self.l2_coef, _runner(batch))
 
 
@@ -214,31 +212,29 @@ class Zero(Penalty):
         return xp(w).zeros_like(w)
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
-        check_input(w, step)
+        check_prox_args(w, step)
         return w * 1
 
     def __repr__(self) -> str:
         return "none"
 
-    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
+    def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         return torch.zeros((), dtype=accumulation_dtype(ws[0].dtype), device=ws[0].device)
 
-    def grads(
-        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
-    ) -> list[Tensor]:
+    def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
         return [torch.zeros_like(w) for w in ws]
 
     def add_grad_(
         self,
-        ws: Sequence[Tensor],
-        gs: Sequence[Tensor],
+        ws: Tensors,
+        gs: Tensors,
         scale: Tensor | None = None,
         batch: Batch | None = None,
     ) -> None:
         pass
 
-    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
+    def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
         pass
 
-    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
+    def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
         pass

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,8 +37,18 @@ from torch import Tensor
 
 from .._checks import ArrayLike, check_strength
 from ..dtensor import ShardSpec, all_reduce_max, all_reduce_sum, is_dtensor, local
+from ..kernels import Tensors
 from . import norms
-from .base import GroupKey, GroupStats, Penalty, Scalar, accumulation_dtype, check_input, register
+from .base import (
+    GroupKey,
+    GroupStats,
+    Penalty,
+    Scalar,
+    accumulation_dtype,
+    check_input,
+    check_prox_args,
+    register,
+)
 from .batch import Batch
 from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
 
@@ -71,10 +81,19 @@ class Grouping:
     """
 
     def __init__(
-        self, groups: GroupSpec, scale: str, w: ArrayLike, shard: ShardSpec | None = None
+        self, groups: GroupSpec, scale: str, w: Any, shard: ShardSpec | None = None
     ) -> None:
+        # torch or NumPy alike: the attributes are arrays of w's kind
         self.is_torch = isinstance(w, Tensor)
         self.spans_shards = False
+        self.count = 0
+        self._scale: Any
+        self._unit: Any
+        self.norms: Any
+        self.coef: Any
+        self.group_norms: Any
+        self.group_coef: Any
+        self._w: Any = w
         if callable(groups):
             if shard is not None:
                 raise ValueError("callable groups are not supported on sharded (FSDP2) parameters")
@@ -102,16 +121,20 @@ class Grouping:
         else:
             self._scale, self._unit = norms.scaled_norm_np(w, dims)
         self.norms = self._scale * self._unit
-        self.coef: Any = math.sqrt(size) if scale == "sqrt_size" else 1.0
+        self.coef = math.sqrt(size) if scale == "sqrt_size" else 1.0
         self.group_norms, self.group_coef = self.norms, self.coef
         self._w = w
 
-    def _by_index(self, index: ArrayLike, scale: str, w: ArrayLike) -> None:
+    def _by_index(self, index: Any, scale: str, w: Any) -> None:
         if tuple(index.shape) != tuple(w.shape):
             raise ValueError(
                 f"a groups callable must return indices of the tensor's shape {tuple(w.shape)}, "
                 f"got {tuple(index.shape)}"
             )
+        flat: Any
+        sizes: Any
+        group_scale: Any
+        group_unit: Any
         if self.is_torch:
             flat = index.to(device=w.device, dtype=torch.long).reshape(-1)
             self.count = int(flat.max()) + 1 if flat.numel() else 0
@@ -130,11 +153,11 @@ class Grouping:
         self.coef = self.group_coef[flat].reshape(w.shape)
         self._w = w
 
-    def total(self) -> ArrayLike:
+    def total(self) -> Any:
         """``sum_g c_g ||w_g||``."""
         return (self.group_coef * self.group_norms).sum()
 
-    def direction(self) -> ArrayLike:
+    def direction(self) -> Any:
         """``w_g / ||w_g||`` (computed on the scaled group, so tiny groups keep full precision),
         0 in a zero group; NaN in a group holding NaN."""
         u = self._w / self._scale
@@ -143,7 +166,7 @@ class Grouping:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return np.where(self._unit == 0, 0, u / np.where(self._unit == 0, 1, self._unit))
 
-    def shrink_factor(self, threshold: Scalar) -> ArrayLike:
+    def shrink_factor(self, threshold: Scalar) -> Any:
         """``max(0, 1 - threshold * c_g / ||w_g||)``, exactly 0 for every group whose norm is at
         or below its threshold ``threshold * c_g`` (so zero groups stay zero); NaN groups stay
         NaN."""
@@ -154,7 +177,7 @@ class Grouping:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return np.where(n <= t, 0, np.maximum(1 - t / n, 0)).astype(n.dtype)
 
-    def zero_groups(self) -> ArrayLike:
+    def zero_groups(self) -> Any:
         """How many groups are entirely (exactly) zero: a scaled norm is 0 only for those."""
         return (self.group_norms == 0).sum()
 
@@ -228,7 +251,7 @@ class _GroupBase(Penalty):
         return out
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
-        step = check_input(w, step)  # type: ignore[assignment]
+        step = check_prox_args(w, step)
         u = soft_threshold(w, step * self._l1) if self._l1 else w
         return u * self.grouping(u).shrink_factor(step * self._group)
 
@@ -237,7 +260,7 @@ class _GroupBase(Penalty):
         return GroupStats(g.zero_groups(), g.count, g.spans_shards)
 
     # -- fast path: per tensor, with its shard's groups -------------------------------------------
-    def total_value(self, ws: Sequence[Tensor], batch: Batch | None = None) -> Tensor:
+    def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         """``sum_i R(w_i)``; for a local shard, this process's share: its elements' L1 and its
         groups, where a group spanning shards (whole on every process) counts ``1/world``."""
         dtype = accumulation_dtype(ws[0].dtype)
@@ -253,9 +276,7 @@ class _GroupBase(Penalty):
             parts.append(part.to(dtype))
         return torch.stack(parts).sum()
 
-    def grads(
-        self, ws: Sequence[Tensor], scale: Scalar, batch: Batch | None = None
-    ) -> list[Tensor]:
+    def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
         return [
             self._grad(w, self.grouping(w, batch.shard(i) if batch else None)).mul_(scale)
             for i, w in enumerate(ws)
@@ -263,22 +284,22 @@ class _GroupBase(Penalty):
 
     def add_grad_(
         self,
-        ws: Sequence[Tensor],
-        gs: Sequence[Tensor],
+        ws: Tensors,
+        gs: Tensors,
         scale: Tensor | None = None,
         batch: Batch | None = None,
     ) -> None:
         for g, d in zip(gs, self.grads(ws, 1.0 if scale is None else scale, batch), strict=True):
             g.add_(d)
 
-    def decay_(self, ws: Sequence[Tensor], lr: Scalar, batch: Batch | None = None) -> None:
+    def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
         for w, d in zip(ws, self.grads(ws, lr, batch), strict=True):
             w.sub_(d)
 
-    def prox_(self, ws: Sequence[Tensor], step: Scalar, batch: Batch | None = None) -> None:
+    def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
         for i, w in enumerate(ws):
             if self._l1:
-                t = step * self._l1
+                t: Any = step * self._l1
                 w.sub_(w.clamp(-t, t))
             shard = batch.shard(i) if batch else None
             w.mul_(self.grouping(w, shard).shrink_factor(step * self._group))

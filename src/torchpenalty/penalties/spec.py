@@ -61,7 +61,7 @@ class _Parser:
             if m is None:
                 raise self.error(f"unexpected character {spec[pos]!r}", pos)
             if m.lastgroup != "space":
-                tokens.append(_Token(m.lastgroup, m.group(), pos))
+                tokens.append(_Token(str(m.lastgroup), m.group(), pos))
             pos = m.end()
         tokens.append(_Token("end", "", len(spec)))
         return tokens
@@ -98,7 +98,7 @@ class _Parser:
         if cls is None or not cls.in_specs:
             raise self.error(f"unknown penalty {name_tok.text!r}", name_tok.pos)
         positional: list[tuple[float, int]] = []
-        keywords: dict[str, tuple[float, int]] = {}
+        keywords: dict[str, tuple[float | str, int]] = {}
         if self.peek.text == "(":
             self.i += 1
             while self.peek.text != ")":
@@ -151,8 +151,8 @@ class _Parser:
                 positional[len(strengths)][1],
             )
         args: dict[str, Any] = {}
-        for field, (value, _) in zip(strengths, positional, strict=False):
-            args[field] = value
+        for field, (number, _) in zip(strengths, positional, strict=False):
+            args[field] = number
         for key, (value, pos) in keywords.items():
             field = cls.keyword_aliases.get(key, key)
             if field not in fields:
