@@ -16,6 +16,8 @@ from torchpenalty import ElasticNet, Regularizer
 
 from .distributed_helpers import spawn
 
+pytestmark = pytest.mark.distributed
+
 MODES = ["loss", "grad", "decoupled", "proximal"]
 STEPS, ROWS, WORLD = 6, 8, 2
 PENALTY = ElasticNet(0.02, 0.05)

@@ -18,6 +18,8 @@ from torchpenalty import L1, ElasticNet, GroupLasso, Regularizer, SparseGroupLas
 
 from .distributed_helpers import spawn
 
+pytestmark = pytest.mark.distributed
+
 WORLD = 2
 PENALTIES = [
     ElasticNet(0.1, 0.2),

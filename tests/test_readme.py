@@ -1,4 +1,5 @@
-"""The README's Python examples run as written; the torchrun example runs under torchrun."""
+"""The Python examples of the README and of the documentation site run as written; the torchrun
+examples run under torchrun."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+SOURCES = [
+    (f"{page.relative_to(ROOT)} block {i}", code)
+    for page in PAGES
+    for i, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))
+]
+BLOCKS = [code for _, code in SOURCES]
 TORCHRUN = ("# train.py, run with: torchrun", "# fsdp.py, run with: torchrun")
 
 
@@ -19,11 +26,18 @@ def test_readme_has_examples():
     assert len(BLOCKS) >= 4
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
+@pytest.mark.parametrize(
+    "index",
+    [
+        pytest.param(i, marks=pytest.mark.distributed) if code.startswith(TORCHRUN) else i
+        for i, code in enumerate(BLOCKS)
+    ],
+    ids=[name for name, _ in SOURCES],
+)
 def test_readme_example_runs(index, tmp_path):
-    code = BLOCKS[index]
+    name, code = SOURCES[index]
     if not code.startswith(TORCHRUN):
-        exec(compile(code, f"README.md block {index}", "exec"), {})
+        exec(compile(code, name, "exec", dont_inherit=True), {})  # not this file's __future__
         return
     script = tmp_path / code.split(",")[0].removeprefix("# ")
     script.write_text(code)

@@ -174,9 +174,21 @@ def compact(
 ) -> nn.Module:
     """A smaller copy of ``model`` (eval mode) without its dead and unused units and filters.
 
-    ``example_inputs`` (a tensor or a tuple of them) trace the model and verify the result:
-    the compacted model's outputs differ by at most ``atol`` from the original's on them. The
-    original model is not modified.
+    A unit is removed when its incoming weights are all exactly zero (its constant output is
+    folded into the consumers' biases where that is exact) or when every consumer's weights for
+    it are exactly zero. The original model is not modified.
+
+    Args:
+        model: the trained model.
+        example_inputs: a tensor or a tuple of them, to trace the model and verify the result.
+        atol: the largest difference allowed between the outputs of the original and the
+            compacted model on ``example_inputs`` (a layer's surgery is undone past it).
+
+    Returns:
+        The compacted model, computing the same function.
+
+    Raises:
+        ModuleNotFoundError: Torch-Pruning is not installed (``pip install 'torchpenalty[prune]'``).
     """
     tp = _torch_pruning()
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)

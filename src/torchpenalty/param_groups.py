@@ -18,11 +18,20 @@ def param_groups(
     exclude: Rule | None = None,
     among: Among = "weights",
 ) -> list[dict[str, Any]]:
-    """``[{"params": selected, "weight_decay": wd}, {"params": others, "weight_decay": 0.0}]``.
+    """Optimizer parameter groups that decay the selected parameters only.
 
-    The selection is `torchpenalty.select`'s (by default the weights, not biases or norm layers).
-    Frozen parameters are left out, as timm does; the second group is omitted when empty.
-    Pass the result to any optimizer: ``torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)``.
+    Frozen parameters are left out, as timm does; the second group is omitted when empty. Pass
+    the result to any optimizer: ``torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)``.
+
+    Args:
+        model: the model.
+        weight_decay: the selected parameters' ``weight_decay`` (a number >= 0).
+        include: rules selecting parameters, as in `torchpenalty.select`.
+        exclude: rules removing parameters.
+        among: ``"weights"`` (default) or ``"all"``.
+
+    Returns:
+        ``[{"params": selected, "weight_decay": wd}, {"params": others, "weight_decay": 0.0}]``.
     """
     weight_decay = check_strength(weight_decay, "weight_decay")
     selected, _ = select_entries(model, include, exclude, among=among)

@@ -116,15 +116,25 @@ def _loss_chunks(buckets: Sequence[_Bucket], params: Sequence[Tensor]) -> list[t
 
 
 class Regularizer:
-    """A penalty bound to parameters of ``model``.
+    """A penalty bound to parameters of ``model``: ``R(model) = sum_i R_i(w_i)``.
 
-    ``penalty`` is a `Penalty`, a spec string (``"l1(1e-5) + l2(1e-4)"``), or an ordered mapping
-    ``{rule: penalty}`` for per-layer strengths, first matching rule wins (parameters no rule
-    matches are not regularized). ``include`` / ``exclude`` / ``among`` choose the parameters as in
-    `torchpenalty.select`; by default the weights, not biases or normalization parameters.
-    ``schedule`` multiplies every strength by ``schedule(step)``. ``backend`` (``"auto"``,
-    ``"eager"`` or ``"compile"``) chooses this regularizer's kernels; by default
-    `torchpenalty.kernels.get_backend()` at construction.
+    Args:
+        model: the model (DDP, DataParallel and ``torch.compile`` wrappers are looked through).
+        penalty: a `Penalty`, a spec string (``"l1(1e-5) + l2(1e-4)"``), or an ordered mapping
+            ``{rule: penalty}`` for per-layer strengths, first matching rule wins (parameters no
+            rule matches are not regularized).
+        include: rules selecting parameters, as in `torchpenalty.select`.
+        exclude: rules removing parameters from the selection.
+        among: ``"weights"`` (default: not biases or normalization parameters) or ``"all"``.
+        schedule: a callable ``step -> factor`` multiplying every strength (see
+            `torchpenalty.schedules`).
+        backend: this regularizer's kernels, ``"auto"``, ``"eager"`` or ``"compile"``; by default
+            `torchpenalty.kernels.get_backend()` at construction.
+
+    Raises:
+        ValueError: a rule selects nothing, a penalty cannot apply to a parameter (``cols`` of a
+            vector, a strength its dtype cannot hold), or nothing is selected.
+        TypeError: ``schedule`` is not callable.
     """
 
     def __init__(
@@ -262,10 +272,13 @@ class Regularizer:
         (pen.decay_ if mode == "decoupled" else pen.prox_)(ws, lr, batch)
 
     def check_finite(self) -> None:
-        """Raise `FloatingPointError` naming every regularized parameter holding NaN or Inf.
+        """Check that no regularized parameter holds NaN or Inf.
 
-        One pass per tensor (its max-abs norm, NaN/Inf if any element is), one reduction over
-        processes when sharded, and one device sync.
+        One pass per tensor (its max-abs norm), one reduction over processes when sharded, and
+        one device sync.
+
+        Raises:
+            FloatingPointError: naming every parameter holding NaN or Inf.
         """
         self._refresh()
         flags: list[Tensor] = []
@@ -293,10 +306,17 @@ class Regularizer:
 
     # -- 1. loss ----------------------------------------------------------------------------
     def __call__(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
-        """The total penalty, differentiable: ``loss = data_loss + reg()``.
+        """The total penalty ``sum_i R_i(w_i)``, differentiable: ``loss = data_loss + reg()``.
 
-        ``params`` optionally maps canonical names to tensors to evaluate instead of the bound
-        parameters (``torch.func.functional_call`` style); other keys are ignored.
+        Each chunk of tensors is one autograd node whose backward is the closed-form gradient
+        (no graph over the weights).
+
+        Args:
+            params: optionally, canonical names -> tensors to evaluate instead of the bound
+                parameters (``torch.func.functional_call`` style); other keys are ignored.
+
+        Returns:
+            A 0-dim tensor in loss units (float32 or wider).
         """
         self._refresh()
         if params is not None and self._sharding.sharded:
@@ -328,8 +348,12 @@ class Regularizer:
         return [canonical[n] for n in self._names]
 
     def value(self) -> Tensor:
-        """The total penalty as a 0-dim tensor: no autograd, no device sync (one reduction over
-        processes when sharded)."""
+        """The total penalty ``sum_i R_i(w_i)`` without autograd.
+
+        Returns:
+            A 0-dim tensor in loss units, on the parameters' device: no device sync (one
+            all-reduce over processes when sharded).
+        """
         self._refresh()
         with torch.no_grad():
             return self._sharding.total(
@@ -343,14 +367,20 @@ class Regularizer:
 
     # -- 2. gradient ------------------------------------------------------------------------
     def add_to_grad_(self, scale: float | Tensor | torch.amp.GradScaler | None = None) -> None:
-        """``p.grad += grad R(p)`` for every regularized ``p`` in place (``.grad`` made if None).
+        """``p.grad += scale * grad R(p)`` for every regularized ``p``, in place.
 
-        Gradients are edited in place, never replaced, so DDP bucket views stay valid. With mixed
-        precision, call it after ``scaler.unscale_(optimizer)``, or before with
-        ``scale=scaler`` (the gradients are still scaled: the penalty gradient is scaled alike,
-        without a device sync); ``attach(optimizer, mode="grad")`` does the right thing by itself.
-        Optimizers with ``maximize=True`` negate the gradient: attach them (mode ``"grad"``),
-        which subtracts the penalty gradient in their groups, as ``weight_decay`` behaves there.
+        ``.grad`` is created when None. Gradients are edited in place, never replaced, so DDP
+        bucket views stay valid. Optimizers with ``maximize=True`` negate the gradient: attach
+        them (mode ``"grad"``), which subtracts the penalty gradient in their groups, as
+        ``weight_decay`` behaves there.
+
+        Args:
+            scale: the factor the gradients carry: a `torch.amp.GradScaler` (call this before
+                ``scaler.unscale_``; no device sync), a number or a 0-dim tensor; None after
+                unscaling. ``attach(optimizer, mode="grad")`` does the right thing by itself.
+
+        Raises:
+            TypeError: a parameter has a sparse gradient.
         """
         self._refresh()
         scale = gradient_scale(scale)
@@ -379,7 +409,11 @@ class Regularizer:
 
     # -- 3./4. decoupled and proximal steps ------------------------------------------------------
     def decay_(self, lr: float | Tensor) -> None:
-        """``w -= lr * grad R(w)`` for every regularized ``w`` (a decoupled step), in place."""
+        """One decoupled step ``w -= lr * grad R(w)`` for every regularized ``w``, in place.
+
+        Args:
+            lr: the step (the learning rate), a number >= 0 or a 0-dim tensor (not synced).
+        """
         lr = check_step(lr, "lr")
         self._refresh()
         with torch.no_grad():
@@ -387,7 +421,14 @@ class Regularizer:
                 self._apply_step(b.penalty, b.params, lr, "decoupled")
 
     def prox_(self, step: float | Tensor) -> None:
-        """``w = prox(w, step)`` for every regularized ``w``, in place."""
+        """One proximal step ``w = prox_{step * R}(w)`` for every regularized ``w``, in place.
+
+        Args:
+            step: the step (the learning rate), a number >= 0 or a 0-dim tensor (not synced).
+
+        Raises:
+            ValueError: a penalty has no closed-form prox.
+        """
         step = check_step(step, "step")
         self._refresh()
         with torch.no_grad():
@@ -401,19 +442,36 @@ class Regularizer:
     ) -> AttachHandle:
         """Apply the penalty at every ``optimizer.step()`` through its step hooks.
 
-        ``mode="grad"``: ``add_to_grad_()`` before the step. ``"decoupled"``: ``w -= lr *
-        grad R(w)`` before the step, with the ``lr`` of the parameter's group (AdamW-style for
-        any optimizer and penalty). ``"proximal"``: ``w = prox(w, lr)`` after the step (exact
-        zeros for L1). Returns a handle with ``.remove()``. With ``check_finite=True``,
-        `check_finite` runs after every step (one device sync per step).
+        Exact under ``step(closure)`` too (LBFGS, Lightning): the closure is wrapped so that the
+        penalty lands after it computed the gradients.
+
+        Args:
+            optimizer: any `torch.optim.Optimizer` holding every regularized parameter.
+            mode: ``"grad"``: ``g += grad R(w)`` before the step (``L2`` is ``weight_decay``).
+                ``"decoupled"``: ``w -= lr * grad R(w)`` before the step, with the ``lr`` of the
+                parameter's group (``L2`` is AdamW's decay). ``"proximal"``: ``w = prox(w, lr)``
+                after the step (exact zeros for L1).
+            check_finite: run `check_finite` after every step (one device sync per step).
+
+        Returns:
+            An `AttachHandle`; ``.remove()`` detaches (also a context manager).
+
+        Raises:
+            ValueError: an unknown mode, parameters missing from the optimizer, attaching twice,
+                a mode the optimizer cannot make exact (decoupled/proximal on LBFGS).
         """
         self._refresh()
         return attach(self, optimizer, mode, check_finite=check_finite)
 
     # -- reporting and state ----------------------------------------------------------------
     def report(self) -> Report:
-        """One row per parameter: name, shape, penalty, value, L2 norm, fraction of exact zeros,
-        zero groups and zero units. Synchronizes the device once."""
+        """Per regularized parameter: its penalty value, L2 norm and exact zeros.
+
+        Returns:
+            A `Report`: one `ParameterReport` per parameter (value in loss units, ``||w||_2``,
+            fraction of exact zeros, all-zero groups and all-zero dim-0 units). Synchronizes the
+            device once (and one all-reduce when sharded).
+        """
         self._refresh()
         entries = [
             (name, param, self._current(pen))

@@ -242,9 +242,22 @@ def select(
     *,
     among: Among = "weights",
 ) -> Selection:
-    """``[(name, param), ...]`` of the parameters to regularize (see the module docstring).
+    """The parameters to regularize (see the module docstring for the rules).
 
-    Raises `ValueError` naming the rule when a rule selects nothing, and when nothing is left.
+    Args:
+        model: the model (wrappers are looked through).
+        include: a rule or list of rules (module types, globs on canonical names, modules,
+            parameters, predicates ``(name, param, module) -> bool``) selecting parameters.
+        exclude: rules removing parameters from the selection.
+        among: ``"weights"`` (default: ``ndim >= 2``, not biases, not normalization layers, not
+            ``no_weight_decay()`` names) or ``"all"``.
+
+    Returns:
+        A `Selection`: ``[(canonical name, parameter), ...]`` with ``.frozen`` naming the
+        skipped frozen parameters.
+
+    Raises:
+        ValueError: naming the rule when a rule selects nothing, and when nothing is left.
     """
     selected, frozen = select_entries(model, include, exclude, among=among)
     return Selection(((e.name, e.param) for e in selected), frozen)

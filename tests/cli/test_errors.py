@@ -129,6 +129,7 @@ def test_missing_rules_file(tmp_path, capsys):
     assert "none.toml: cannot read rules file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_runs(tmp_path):
     """A real SIGINT to a real process, after its first run finished."""
     out = tmp_path / "o"
@@ -140,11 +141,13 @@ def test_ctrl_c_keeps_finished_runs(tmp_path):
             "compare",
             "--quiet",
             "--train-size",
-            "300",
+            "20",
+            "--batch-size",
+            "32",
             "--hidden",
             "16",
             "--epochs",
-            "1500",
+            "400",  # about 1.5 s a run: the signal lands while the second one trains
             "--reg",
             "none",
             "--reg",

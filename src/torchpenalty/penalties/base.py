@@ -89,15 +89,37 @@ class Penalty(ABC):
     # -- single tensor -----------------------------------------------------------------------
     @abstractmethod
     def value(self, w: ArrayLike) -> ArrayLike:
-        """``R(w)`` as a 0-dim tensor (differentiable) or NumPy scalar."""
+        """The penalty of one tensor.
+
+        Args:
+            w: a `torch.Tensor` or a `numpy.ndarray`.
+
+        Returns:
+            ``R(w)`` in loss units: a 0-dim tensor (differentiable) or a NumPy scalar.
+        """
 
     @abstractmethod
     def grad(self, w: ArrayLike) -> ArrayLike:
-        """A (sub)gradient of ``R`` at ``w``, same shape as ``w``, in closed form."""
+        """A (sub)gradient of the penalty, in closed form.
+
+        Args:
+            w: a `torch.Tensor` or a `numpy.ndarray`.
+
+        Returns:
+            ``grad R(w)``, of ``w``'s shape and kind (the minimum-norm subgradient at kinks).
+        """
 
     @abstractmethod
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
-        """``argmin_x step * R(x) + ||x - w||^2 / 2``."""
+        """The proximal operator.
+
+        Args:
+            w: a `torch.Tensor` or a `numpy.ndarray`.
+            step: the step ``s >= 0`` (a learning rate).
+
+        Returns:
+            ``argmin_x s * R(x) + ||x - w||^2 / 2``, of ``w``'s shape and kind.
+        """
 
     # -- configuration -----------------------------------------------------------------------
     def params(self) -> dict[str, Any]:

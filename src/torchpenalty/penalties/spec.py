@@ -189,9 +189,22 @@ class _Parser:
 def parse(spec: str | Penalty, *, default_strength: float | None = None) -> Penalty:
     """Turn a spec string such as ``"l1(1e-5) + l2(lam=1e-4)"`` into a `Penalty`.
 
-    A `Penalty` is returned unchanged. ``parse(repr(p)) == p`` for every penalty ``p``. Terms
-    that give no strength take ``default_strength`` if set (``parse("l2", default_strength=1)``
-    is ``L2(1.0)``, a unit penalty to scale), else each penalty's default (0.01).
+    ``parse(repr(p)) == p`` for every penalty ``p``. The string is tokenized and parsed by a
+    small grammar, never evaluated.
+
+    Args:
+        spec: the spec string, or a `Penalty` (returned unchanged).
+        default_strength: the strength of terms that give none (``parse("l2",
+            default_strength=1)`` is ``L2(1.0)``, a unit penalty to scale); None: each
+            penalty's default, 0.01.
+
+    Returns:
+        The canonical penalty (a sum is canonical: ``"l1 + l2"`` is an `ElasticNet`).
+
+    Raises:
+        ValueError: the spec is malformed; the message quotes it, points at the position and
+            lists the known names.
+        TypeError: ``spec`` is neither a string nor a `Penalty`.
     """
     if isinstance(spec, Penalty):
         return spec
