@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchpenalty.cli import common
+from torchpenalty.cli import argtypes
 from torchpenalty.experiments import runner
 from torchpenalty.experiments.checkpoints import CHECKPOINT_KIND
 
@@ -238,7 +238,7 @@ def test_out_of_range_seed_is_a_usage_error(capsys, seed):
 
 
 def test_seeds_past_the_range_are_one_line(tmp_path, capsys):
-    argv = ["compare", *SMALL, "--seed", str(common.MAX_SEED), "--seeds", "2"]
+    argv = ["compare", *SMALL, "--seed", str(argtypes.MAX_SEED), "--seeds", "2"]
     assert run_cli(*argv, "--out", tmp_path) == 2
     one_line_error(capsys, "goes past")
 

@@ -11,16 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 import torchpenalty
 from torchpenalty import L2, Regularizer
-from torchpenalty.attach import ALL_MODES
 from torchpenalty.experiments import data as datasets
 from torchpenalty.experiments import runner
-from torchpenalty.experiments.models import ACTIVATIONS, MODELS
 from torchpenalty.experiments.results import environment
 from torchpenalty.experiments.runner import Trained
 from torchpenalty.experiments.training import (
@@ -31,201 +27,12 @@ from torchpenalty.experiments.training import (
     optimizer_classes,
 )
 
-DEFAULT_MOMENTUM = 0.9
+from .argtypes import MAX_SEED
+from .flags import DEFAULT_MOMENTUM
 
 
 class CommandError(Exception):
     """A one-line error for the user (exit code 2), e.g. a bad data file."""
-
-
-# -- argument types: each raises ArgumentTypeError, which argparse turns into a usage error -----
-def penalty_spec(text: str) -> torchpenalty.Penalty:
-    try:
-        return torchpenalty.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).splitlines()[0]) from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return value
-
-
-#: torch.manual_seed and torch.Generator take seeds in [0, 2**64); results.json stays portable
-#: (JavaScript reads integers exactly below 2**53)
-MAX_SEED = 2**53 - 1
-
-
-def seed_value(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(
-            f"expected a seed in 0..{MAX_SEED} (2**53 - 1), got {text}"
-        )
-    return value
-
-
-def hidden_sizes(text: str) -> tuple[int, ...]:
-    parts = [p for p in text.split(",") if p.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError("expected layer widths such as 200,100")
-    return tuple(positive_int(p.strip()) for p in parts)
-
-
-def optimizer_name(text: str) -> str:
-    if text.lower() not in optimizer_classes():
-        names = ", ".join(sorted(optimizer_classes()))
-        raise argparse.ArgumentTypeError(f"unknown optimizer {text!r}; choose from {names}")
-    return text.lower()
-
-
-#: devices that hold real data a model can train on (not "meta")
-DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-
-
-def device_name(text: str) -> str:
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"unknown device {text!r}; use one of {', '.join(DEVICE_TYPES)} (e.g. cuda:0)"
-        ) from None
-    if device.type not in DEVICE_TYPES:
-        raise argparse.ArgumentTypeError(
-            f"device {text!r} cannot train a model; use one of {', '.join(DEVICE_TYPES)}"
-        )
-    try:
-        torch.ones(1, device=device).add_(1).cpu()
-    except Exception as exc:  # each backend fails in its own way: say what it said, in one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise argparse.ArgumentTypeError(f"device {text!r} is not usable here ({reason})") from None
-    return text
-
-
-# -- flag groups --------------------------------------------------------------------------------
-def add_data_flags(parser: argparse.ArgumentParser, default: str = "digits") -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        default=default,
-        metavar="SPEC",
-        help="digits (default), synthetic-linear, mnist:PATH (mnist.npz or an IDX "
-        "folder), csv:PATH",
-    )
-    g.add_argument("--target", metavar="COLUMN", help="label column of csv data")
-    g.add_argument(
-        "--task",
-        choices=("auto", "classification", "regression"),
-        default="auto",
-        help="csv data: classification or regression (auto: integer labels, <= 20 classes)",
-    )
-    g.add_argument(
-        "--train-size",
-        type=positive_int,
-        metavar="N",
-        help="subsample N training rows (fixed, stratified)",
-    )
-
-
-def add_model_flags(parser: argparse.ArgumentParser, default: str = "mlp") -> None:
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", choices=MODELS, default=default)
-    g.add_argument(
-        "--hidden",
-        type=hidden_sizes,
-        default=(200, 100),
-        metavar="W1,W2",
-        help="MLP hidden widths (default 200,100)",
-    )
-    g.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu")
-    g.add_argument("--dropout", type=probability, default=0.0, metavar="P")
-
-
-def add_training_flags(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-    g = parser.add_argument_group("training")
-    g.add_argument(
-        "--optimizer",
-        type=optimizer_name,
-        default=defaults.get("optimizer", "sgd"),
-        help="any torch.optim optimizer by name: sgd, adam, adamw, rmsprop, ...",
-    )
-    g.add_argument("--lr", type=positive_float, default=defaults.get("lr", 0.05))
-    g.add_argument(
-        "--momentum",
-        type=non_negative_float,
-        help=f"default {DEFAULT_MOMENTUM} for optimizers that take momentum (sgd, "
-        "rmsprop), none for the others",
-    )
-    g.add_argument("--epochs", type=positive_int, default=defaults.get("epochs", 60))
-    g.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 64))
-    g.add_argument(
-        "--seeds",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="repeat with K seeds and report mean ± std",
-    )
-    g.add_argument("--seed", type=seed_value, default=0, help="first seed (default 0)")
-    g.add_argument("--device", type=device_name, default="cpu")
-
-
-def add_output_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("output")
-    g.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="output folder (default runs/<command>-<timestamp>/)",
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g.add_argument(
-        "--resume",
-        type=Path,
-        metavar="CHECKPOINT",
-        help="continue a stopped run from its checkpoint.pt (written after every "
-        "epoch); the run's own flags are read from it",
-    )
-
-
-def add_compact_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--compact",
-        action="store_true",
-        help="after training, remove dead and unused units (torchpenalty.compact) and report the "
-        "compacted parameter count and the inference speed-up on the test set",
-    )
 
 
 COMPACT_COLUMNS = (
@@ -249,12 +56,6 @@ def add_compaction(
         if model is not None:
             row.update(compaction_figures(model, x_test))
     return COMPACT_COLUMNS
-
-
-def add_mode_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--mode", choices=ALL_MODES, default="loss", help="how penalties are applied (default loss)"
-    )
 
 
 # -- helpers --------------------------------------------------------------------------------------

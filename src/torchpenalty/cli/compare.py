@@ -11,14 +11,14 @@ from torchpenalty import parse
 from torchpenalty.experiments import plots
 from torchpenalty.experiments.training import Contender
 
-from . import common, pipeline
+from . import argtypes, common, flags, pipeline
 
 DEFAULT_REGS = ("none", "l2(1e-3)", "l1(1e-4)")
 DEFAULT_WEIGHT_DECAY = 1e-3
 
 
 def spec_text(text: str) -> str:
-    common.penalty_spec(text)  # validates; the label keeps the user's spelling
+    argtypes.penalty_spec(text)  # validates; the label keeps the user's spelling
     return text.strip()
 
 
@@ -38,11 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help="a penalty spec (repeatable): none, l2(1e-4), l1(1e-5) + l2(1e-4), ...",
     )
-    common.add_mode_flag(g)
+    flags.add_mode_flag(g)
     g.add_argument(
         "--weight-decay",
         action="append",
-        type=common.non_negative_float,
+        type=argtypes.non_negative_float,
         metavar="X",
         help="torch.optim's own weight_decay as one more contender (repeatable)",
     )
@@ -53,11 +53,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="per-layer rules, one more contender: a TOML file mapping parameter "
         'names or globs to specs, e.g. "0.weight" = "l1(1e-4)"; first match wins',
     )
-    common.add_compact_flag(g)
-    common.add_data_flags(p)
-    common.add_model_flags(p)
-    common.add_training_flags(p)
-    common.add_output_flags(p)
+    flags.add_compact_flag(g)
+    flags.add_data_flags(p)
+    flags.add_model_flags(p)
+    flags.add_training_flags(p)
+    flags.add_output_flags(p)
     p.set_defaults(handler=main, command_parser=p)
 
 

@@ -25,7 +25,7 @@ from torchpenalty.experiments.results import (
 )
 from torchpenalty.experiments.training import Contender, TrainConfig, run
 
-from . import common
+from . import argtypes, common, flags
 
 EFFECT = 10.0  # the test loss must drop at least this many times with decay
 
@@ -39,14 +39,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("experiment", choices=("weight-decay",))
     p.add_argument(
         "--lam",
-        type=common.positive_float,
+        type=argtypes.positive_float,
         default=3.0,
         help="L2 strength of the regularized run (default 3, as in d2l.ai)",
     )
-    p.add_argument("--epochs", type=common.positive_int, default=100)
-    p.add_argument("--lr", type=common.positive_float, default=0.003)
-    p.add_argument("--seed", type=common.seed_value, default=0)
-    common.add_output_flags(p)
+    p.add_argument("--epochs", type=argtypes.positive_int, default=100)
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.003)
+    p.add_argument("--seed", type=argtypes.seed_value, default=0)
+    flags.add_output_flags(p)
     p.set_defaults(handler=main, command_parser=p)
 
 

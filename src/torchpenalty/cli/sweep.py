@@ -15,7 +15,7 @@ from torchpenalty.experiments import plots
 from torchpenalty.experiments.results import metric_name
 from torchpenalty.experiments.training import Contender
 
-from . import common, pipeline
+from . import argtypes, flags, pipeline
 
 
 def lam_grid(text: str) -> list[float]:
@@ -26,15 +26,15 @@ def lam_grid(text: str) -> list[float]:
             raise argparse.ArgumentTypeError(
                 f"expected START:STOP:NUM such as 1e-6:1e-1:13, got {text!r}"
             )
-        start, stop = (common.positive_float(p) for p in parts[:2])
-        num = common.positive_int(parts[2])
+        start, stop = (argtypes.positive_float(p) for p in parts[:2])
+        num = argtypes.positive_int(parts[2])
         if num < 2:
             raise argparse.ArgumentTypeError(f"a grid needs NUM >= 2 points, got {text!r}")
         grid = [float(x) for x in np.geomspace(start, stop, num)]
         if len(set(grid)) != len(grid):
             raise argparse.ArgumentTypeError(f"repeated strengths in the grid {text!r}")
         return grid
-    values = [common.non_negative_float(p.strip()) for p in text.split(",") if p.strip()]
+    values = [argtypes.non_negative_float(p.strip()) for p in text.split(",") if p.strip()]
     if len(values) < 2:
         raise argparse.ArgumentTypeError(f"a sweep needs at least 2 strengths, got {text!r}")
     if len(set(values)) != len(values):
@@ -86,17 +86,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="GRID",
         help="START:STOP:NUM log grid or a list 0,1e-4,1e-3 (default 1e-6:1e-1:11)",
     )
-    common.add_mode_flag(g)
+    flags.add_mode_flag(g)
     g.add_argument(
         "--warm-start",
         action="store_true",
         help="start each strength from the previous one's weights (largest lambda first)",
     )
-    common.add_compact_flag(g)
-    common.add_data_flags(p)
-    common.add_model_flags(p)
-    common.add_training_flags(p)
-    common.add_output_flags(p)
+    flags.add_compact_flag(g)
+    flags.add_data_flags(p)
+    flags.add_model_flags(p)
+    flags.add_training_flags(p)
+    flags.add_output_flags(p)
     p.set_defaults(handler=main, command_parser=p)
 
 

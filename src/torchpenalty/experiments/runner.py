@@ -77,60 +77,60 @@ def train_all(
             + ("" if pending is None else f" and run {pending['index']} in progress")
             + f", which does not fit this run's {total} run(s)"
         )
-    bars = progress_bars
-    for index, (c, seed) in enumerate((c, s) for c in contenders for s in seed_list):
-        try:
-            if index < len(completed):
-                result = _restored(completed[index], c, seed, data, config)
-            else:
+    runs = [(c, seed) for c in contenders for seed in seed_list]
+    try:  # Ctrl-C anywhere, inside a run or between two, keeps the finished runs
+        for index, (c, seed) in enumerate(runs):
+            try:
+                if index < len(completed):
+                    result = _restored(completed[index], c, seed, data, config)
+                else:
 
-                def on_epoch(state: dict, index: int = index) -> None:
-                    checkpoint["current"] = {"index": index, "state": state}
+                    def on_epoch(state: dict, index: int = index) -> None:
+                        checkpoint["current"] = {"index": index, "state": state}
+                        save_checkpoint(out / CHECKPOINT, checkpoint)
+
+                    state = pending["state"] if pending and pending["index"] == index else None
+                    result = run(
+                        data,
+                        c,
+                        config,
+                        seed,
+                        progress=progress_bars,
+                        init_state=previous.get(seed),
+                        keep_model=True,
+                        resume=state,
+                        on_epoch=on_epoch,
+                    )
+                    completed.append(
+                        {
+                            "history": [dataclasses.asdict(r) for r in result.history],
+                            "wall_time": result.wall_time,
+                            "model": result.trained_model.state_dict(),
+                        }
+                    )
+                    checkpoint["current"] = None
                     save_checkpoint(out / CHECKPOINT, checkpoint)
-
-                state = pending["state"] if pending and pending["index"] == index else None
-                result = run(
-                    data,
-                    c,
-                    config,
-                    seed,
-                    progress=bars,
-                    init_state=previous.get(seed),
-                    keep_model=True,
-                    resume=state,
-                    on_epoch=on_epoch,
+            except CheckpointError:
+                raise
+            except ResumeError as exc:
+                raise CheckpointError(f"checkpoint: {exc}") from None
+            except Exception as exc:  # a failure only training could reveal: keep what finished
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                trained.failure = (
+                    f"{c.label} (seed {seed}) failed during training: {type(exc).__name__}"
+                    + (f": {reason[:300]}" if reason else "")
                 )
-                completed.append(
-                    {
-                        "history": [dataclasses.asdict(r) for r in result.history],
-                        "wall_time": result.wall_time,
-                        "model": result.trained_model.state_dict(),
-                    }
-                )
-                checkpoint["current"] = None
-                save_checkpoint(out / CHECKPOINT, checkpoint)
-        except KeyboardInterrupt:
-            trained.interrupted = True
-            return trained
-        except CheckpointError:
-            raise
-        except ResumeError as exc:
-            raise CheckpointError(f"checkpoint: {exc}") from None
-        except Exception as exc:  # a failure only training could reveal: keep what finished
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            trained.failure = (
-                f"{c.label} (seed {seed}) failed during training: {type(exc).__name__}"
-                + (f": {reason[:300]}" if reason else "")
-            )
-            return trained
-        if warm_start:
-            previous[seed] = clone_state(result.trained_model)
-        if seed == seed_list[0]:
-            trained.first_models[c.label] = result.trained_model
-        result.model = None
-        trained.results.append(result)
-        if not bars:
-            say(f"finished {result.contender} (seed {result.seed}) in {result.wall_time:.1f} s")
+                return trained
+            if warm_start:
+                previous[seed] = clone_state(result.trained_model)
+            if seed == seed_list[0]:
+                trained.first_models[c.label] = result.trained_model
+            result.model = None
+            trained.results.append(result)
+            if not progress_bars:
+                say(f"finished {result.contender} (seed {result.seed}) in {result.wall_time:.1f} s")
+    except KeyboardInterrupt:
+        trained.interrupted = True
     return trained
 
 
