@@ -80,3 +80,34 @@ def test_batched_value_accumulates_bf16_in_float32():
     value = L1(1.0).total_value(ws)
     assert value.dtype == torch.float32
     assert value.item() == pytest.approx(4096 * float(torch.tensor(0.01, dtype=torch.bfloat16)))
+
+
+def test_a_user_penalty_joins_the_fast_path():
+    """The batched methods are a public protocol: Regularizer calls a subclass's own, once per
+    bucket, with a Batch that carries the regularizer's kernels."""
+    import dataclasses
+    from typing import ClassVar
+
+    from torch import nn
+
+    from torchpenalty import L2, Regularizer
+    from torchpenalty.penalties import Batch
+
+    calls: list[tuple[str, int, str]] = []
+
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class CountedL2(L2):
+        name: ClassVar[str] = "counted_l2"
+
+        def decay_(self, ws, lr, batch=None):
+            assert isinstance(batch, Batch)
+            calls.append(("decay_", len(ws), batch.kernels.backend))
+            super().decay_(ws, lr, batch)
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    reg = Regularizer(model, CountedL2(0.5), backend="eager")
+    w = [p.detach().clone() for _, p in reg.named_parameters()]
+    reg.decay_(0.1)
+    assert calls == [("decay_", 2, "eager")]  # both weights in one call
+    for before, (_, p) in zip(w, reg.named_parameters(), strict=True):
+        torch.testing.assert_close(p, before * (1 - 0.1 * 0.5))
