@@ -52,8 +52,17 @@ def check_backend(backend: object) -> str:
 
 
 def set_backend(backend: Backend) -> None:
-    """The default backend of regularizers built from now on without ``backend=``: ``"auto"``
-    (the default), ``"eager"`` or ``"compile"``."""
+    """Set the default kernel backend of regularizers built from now on without ``backend=``.
+
+    Regularizers that exist keep theirs: the choice is per regularizer, with no state shared.
+
+    Args:
+        backend: ``"auto"`` (default: compiled kernels for buckets of at least
+            `COMPILE_MIN_NUMEL` elements, eager below), ``"eager"`` or ``"compile"``.
+
+    Raises:
+        ValueError: an unknown backend.
+    """
     _default["backend"] = check_backend(backend)
 
 

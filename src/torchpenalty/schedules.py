@@ -120,14 +120,42 @@ class Cosine(_FromTo):
 
 
 def warmup(steps: int) -> Warmup:
+    """A linear warm-up: factor ``min(1, t / steps)`` at step ``t``.
+
+    Args:
+        steps: optimizer steps to full strength (a whole number > 0).
+
+    Returns:
+        A `Warmup` schedule (saved and restored by the regularizer's ``state_dict``).
+    """
     return Warmup(steps)
 
 
 def linear(steps: int, start: float = 1.0, end: float = 0.0) -> Linear:
+    """A linear ramp: factor ``start + (end - start) * min(t, steps) / steps`` at step ``t``.
+
+    Args:
+        steps: optimizer steps from ``start`` to ``end`` (a whole number > 0).
+        start: the factor at step 0 (a number >= 0).
+        end: the factor from ``steps`` on (a number >= 0).
+
+    Returns:
+        A `Linear` schedule.
+    """
     return Linear(steps, start, end)
 
 
 def cosine(steps: int, start: float = 1.0, end: float = 0.0) -> Cosine:
+    """A cosine ramp: factor ``end + (start - end) * (1 + cos(pi * min(t, steps) / steps)) / 2``.
+
+    Args:
+        steps: optimizer steps from ``start`` to ``end`` (a whole number > 0).
+        start: the factor at step 0 (a number >= 0).
+        end: the factor from ``steps`` on; ``end > start`` makes the strength grow.
+
+    Returns:
+        A `Cosine` schedule.
+    """
     return Cosine(steps, start, end)
 
 

@@ -54,10 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         'names or globs to specs, e.g. "0.weight" = "l1(1e-4)"; first match wins',
     )
     flags.add_compact_flag(g)
-    flags.add_data_flags(p)
-    flags.add_model_flags(p)
-    flags.add_training_flags(p)
-    flags.add_output_flags(p)
+    flags.add_run_flags(p)
     p.set_defaults(handler=main, command_parser=p)
 
 

@@ -120,3 +120,11 @@ def add_mode_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode", choices=ALL_MODES, default="loss", help="how penalties are applied (default loss)"
     )
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The data, model, training and output flags of a command that trains contenders."""
+    add_data_flags(parser)
+    add_model_flags(parser)
+    add_training_flags(parser)
+    add_output_flags(parser)
