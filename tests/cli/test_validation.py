@@ -3,6 +3,7 @@ keeps the finished runs; every bad input is one line with exit 2; output files a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import torch
 from torchpenalty.cli import argtypes
 from torchpenalty.experiments import runner
 from torchpenalty.experiments.checkpoints import CHECKPOINT_KIND
+from torchpenalty.experiments.training import EpochRecord
 
 from ..experiments.files import write_npz
 from .helpers import SMALL, read_history, read_results, run_cli
@@ -204,6 +206,29 @@ def test_degenerate_mnist_files_are_one_line(tmp_path, capsys, arrays, message):
     one_line_error(capsys, message)
 
 
+HISTORY = [
+    dataclasses.asdict(EpochRecord(e, 1.0, 0.0, 1.0, 0.5, 1.0, 0.5, 1.0, 0.0, 0, float("nan")))
+    for e in (1, 2)
+]
+
+
+BAD_WEIGHTS = {"0.weight": torch.zeros(2)}
+
+
+def run_state(epoch):
+    """A run-in-progress state whose fields all have the right types."""
+    return {
+        "epoch": epoch,
+        "model": {},
+        "optimizer": {},
+        "regularizer": None,
+        "shuffle": torch.Generator().get_state(),
+        "rng": torch.get_rng_state(),
+        "history": HISTORY[:1],
+        "elapsed": 1.0,
+    }
+
+
 def checkpoint_with(tmp_path, **content):
     state = {"kind": CHECKPOINT_KIND, "version": 1, "argv": ["compare", *SMALL]}
     state.update({"completed": [], "current": None, **content})
@@ -218,8 +243,10 @@ def checkpoint_with(tmp_path, **content):
         ({"argv": "compare"}, "'argv' must be the list"),
         ({"completed": [{"history": []}]}, "finished run 0 lacks"),
         ({"current": {"index": 0, "state": {"epoch": 1}}}, "the run in progress lacks"),
-        ({"completed": [{"history": [], "wall_time": 1.0, "model": {"0.weight": torch.zeros(2)}}]},
+        ({"completed": [{"history": HISTORY, "wall_time": 1.0, "model": BAD_WEIGHTS}]},
          "do not fit the model"),
+        ({"completed": [{"history": [], "wall_time": 1.0, "model": {}}]}, "records 0 epoch(s)"),
+        ({"current": {"index": 0, "state": run_state(epoch=99)}}, "does not fit a run of 2 epochs"),
         ({"completed": [{"history": [], "wall_time": 1.0, "model": {}}] * 9},
          "which does not fit this run's 4 run(s)"),
         ({"argv": ["compare", "--epochs", "zero"]}, "the arguments it records do not parse"),

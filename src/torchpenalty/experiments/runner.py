@@ -138,6 +138,11 @@ def _restored(
     saved: dict, c: Contender, seed: int, data: Dataset, config: TrainConfig
 ) -> RunResult:
     """A finished run read back from the checkpoint."""
+    if len(saved["history"]) != config.epochs:
+        raise CheckpointError(
+            f"checkpoint: corrupt checkpoint: finished run {c.label} (seed {seed}) records "
+            f"{len(saved['history'])} epoch(s), not the run's {config.epochs}"
+        )
     model = build_model(data, config, seed)
     result = RunResult(
         c.label, seed, [EpochRecord(**r) for r in saved["history"]], saved["wall_time"], model

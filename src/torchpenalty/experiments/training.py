@@ -249,6 +249,12 @@ def run(
     first_epoch, elapsed = 1, 0.0
     if resume is not None:
         try:
+            stopped, records = resume["epoch"], len(resume["history"])
+            if not (1 <= stopped < config.epochs and records == stopped):
+                raise ValueError(
+                    f"it stopped after epoch {stopped} with {records} epoch record(s), which "
+                    f"does not fit a run of {config.epochs} epochs"
+                )
             model.load_state_dict(resume["model"])
             opt.load_state_dict(resume["optimizer"])
             if reg is not None:
