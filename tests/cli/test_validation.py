@@ -259,6 +259,15 @@ def test_corrupt_checkpoint_content_is_one_line(tmp_path, capsys, content, messa
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_model_too_large_for_memory_is_one_line(tmp_path, capsys):
+    assert run_cli("compare", *SMALL[:-3], "--hidden", "2000000000", "--out", tmp_path) == 2
+    one_line_error(capsys, "the model cannot be built here")
+
+
+def test_absurd_seed_counts_are_a_usage_error(capsys):
+    usage_error(capsys, "expected at most 1000 seeds", "compare", "--seeds", "1000000000")
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**64), "1.5"])
 def test_out_of_range_seed_is_a_usage_error(capsys, seed):
     usage_error(capsys, "argument --seed", "compare", "--seed", seed)

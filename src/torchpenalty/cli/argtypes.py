@@ -70,6 +70,17 @@ def seed_value(text: str) -> int:
     return value
 
 
+#: more seeds than this is a typo, not a study (each is a full training run per contender)
+MAX_SEEDS = 1000
+
+
+def seed_count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_SEEDS} seeds, got {value}")
+    return value
+
+
 def hidden_sizes(text: str) -> tuple[int, ...]:
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:

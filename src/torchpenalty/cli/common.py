@@ -103,6 +103,9 @@ def check_setup(
         model = build_model(data, config, seed=0)
     except ValueError as exc:
         parser.error(str(exc))
+    except (RuntimeError, MemoryError) as exc:  # a model too large for this machine
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"the model cannot be built here ({reason[:200]})") from None
     for c in contenders:
         where = f"contender {c.label!r}: "
         try:

@@ -17,6 +17,7 @@ from .argtypes import (
     positive_float,
     positive_int,
     probability,
+    seed_count,
     seed_value,
 )
 
@@ -80,7 +81,7 @@ def add_training_flags(parser: argparse.ArgumentParser, **defaults: Any) -> None
     g.add_argument("--batch-size", type=positive_int, default=defaults.get("batch_size", 64))
     g.add_argument(
         "--seeds",
-        type=positive_int,
+        type=seed_count,
         default=1,
         metavar="K",
         help="repeat with K seeds and report mean ± std",
