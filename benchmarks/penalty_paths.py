@@ -12,7 +12,10 @@ the same run on the same tensors (every parameter of the model is regularized):
   decoupled (``reg.decay_(lr)``), proximal (``reg.prox_(lr)``) and ``reg.value()``;
 - floor: one compiled single pass over the same tensors: ``g.add_(w, alpha=c)`` for gradient
   mode, ``w.mul_(c)`` for decoupled / proximal, ``w.abs().sum()`` for the value; on a GPU, the
-  same bytes at the bandwidth of a device-to-device copy measured in the same run.
+  same bytes at the bandwidth of a device-to-device copy measured in the same run. Group
+  penalties (``--penalties group``: group lasso on rows, cols and the whole tensor, sparse group
+  lasso on rows, applied to the weights, ``ndim >= 2``) need their group norms first: their floor
+  is one reading pass more (the value floor) before the update pass.
 
 Peak extra memory is what the call allocates beyond its inputs (CPU: from the profiler's memory
 events; CUDA: ``torch.cuda.max_memory_allocated``). The end-to-end rows time one training step of
@@ -37,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import SETS, ResNet18
 
 import torchpenalty
-from torchpenalty import L1, L2, Regularizer
+from torchpenalty import L1, L2, GroupLasso, Regularizer, SparseGroupLasso
 from torchpenalty.experiments.memory import peak_extra_bytes
 
 LAM = 1e-4
@@ -108,37 +111,69 @@ def compiled(fn):
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
-def bench_set(name: str, device: torch.device, repeats: int) -> list[dict]:
+#: the penalty families ``--penalties`` names
+FAMILIES = {
+    "elementwise": (L2(LAM), L1(LAM)),
+    "group": (
+        GroupLasso(LAM, "rows"),
+        GroupLasso(LAM, "cols"),
+        GroupLasso(LAM, "tensor"),
+        SparseGroupLasso(LAM, LAM, "rows"),
+    ),
+}
+
+
+def bench_set(
+    name: str, device: torch.device, repeats: int, families: list[str] | None = None
+) -> list[dict]:
     torch.manual_seed(0)
     model = SETS[name]().to(device)
     params = list(model.parameters())
     for p in params:
         p.grad = torch.randn_like(p)
-    ws = [p.detach() for p in params]
-    gs = [p.grad for p in params]
-    c = torch.tensor(1.0, device=device)
-    if device.type == "cuda":  # floors from the copy bandwidth: numbers, not functions
-        floors: dict = bandwidth_floors(ws, repeats, device)
-    else:
-        floors = {
-            "grad": lambda: compiled_floor_grad(gs, ws, c * 0),
-            "weights": lambda: compiled_floor_weights(ws, c),
-            "value": lambda: compiled_floor_value(ws),
-        }
-    return [
-        r for pen in (L2(LAM), L1(LAM)) for r in bench_penalty(name, model, pen, floors, repeats)
-    ]
+    rows = []
+    for family in families or ["elementwise"]:
+        grouped = family == "group"
+        chosen = [p for p in params if p.ndim >= 2] if grouped else params
+        ws = [p.detach() for p in chosen]
+        gs = [p.grad for p in chosen]
+        if device.type == "cuda":  # floors from the copy bandwidth: numbers, not functions
+            floors: dict = bandwidth_floors(ws, repeats, device, norms_pass=grouped)
+        else:
+            floors = cpu_floors(ws, gs, norms_pass=grouped)
+        among = "weights" if grouped else "all"
+        for pen in FAMILIES[family]:
+            rows += bench_penalty(name, model, pen, floors, repeats, among)
+    return rows
 
 
-def bench_penalty(name, model, penalty, floors: dict, repeats: int) -> list[dict]:
-    params = list(model.parameters())
+def cpu_floors(ws: list, gs: list, norms_pass: bool) -> dict:
+    """Compiled single passes over ``ws`` (and ``gs``); with ``norms_pass`` each update floor
+    starts with the value floor's reading pass (a group penalty needs its norms first)."""
+    c = torch.tensor(1.0, device=ws[0].device)
+
+    def norms() -> object:
+        return compiled_floor_value(ws) if norms_pass else None
+
+    return {
+        "grad": lambda: (norms(), compiled_floor_grad(gs, ws, c * 0)),
+        "weights": lambda: (norms(), compiled_floor_weights(ws, c)),
+        "value": lambda: compiled_floor_value(ws),
+    }
+
+
+def bench_penalty(name, model, penalty, floors: dict, repeats: int, among: str) -> list[dict]:
+    reg = Regularizer(model, penalty, among=among)
+    params = [p for _, p in reg.named_parameters()]
     device = params[0].device
-    reg = Regularizer(model, penalty, among="all")
     is_l2 = isinstance(penalty, L2)
 
     def tutorial():
-        terms = [(p * p).sum() for p in params] if is_l2 else [p.abs().sum() for p in params]
-        ((LAM / 2 if is_l2 else LAM) * sum(terms)).backward()
+        if isinstance(penalty, L1 | L2):
+            terms = [(p * p).sum() for p in params] if is_l2 else [p.abs().sum() for p in params]
+            ((LAM / 2 if is_l2 else LAM) * sum(terms)).backward()
+        else:  # the penalty's own value, through autograd
+            sum(penalty.value(p) for p in params).backward()
 
     def loss_mode():
         reg().backward()
@@ -190,18 +225,20 @@ compiled_floor_weights = compiled(_floor_weights)
 compiled_floor_value = compiled(_floor_value)
 
 
-def bandwidth_floors(ws, repeats, device) -> dict[str, float]:
+def bandwidth_floors(ws, repeats, device, norms_pass: bool = False) -> dict[str, float]:
     """GPU floors from the memory bandwidth of a device-to-device copy of the same bytes:
-    gradient mode moves 3x the weights' bytes, decoupled / proximal 2x, the value 1x."""
+    gradient mode moves 3x the weights' bytes, decoupled / proximal 2x, the value 1x (group
+    penalties: one reading pass more for the group norms)."""
     nbytes = sum(w.numel() * w.element_size() for w in ws)
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     copy_ms = median_ms(lambda: dst.copy_(src), repeats, device)
     per_byte_ms = copy_ms / (2 * nbytes)  # a copy reads and writes every byte
     print(f"device-to-device copy: {2 * nbytes / copy_ms / 1e6:.0f} GB/s")
+    extra = nbytes * per_byte_ms if norms_pass else 0.0
     return {
-        "grad": 3 * nbytes * per_byte_ms,
-        "weights": 2 * nbytes * per_byte_ms,
+        "grad": 3 * nbytes * per_byte_ms + extra,
+        "weights": 2 * nbytes * per_byte_ms + extra,
         "value": nbytes * per_byte_ms,
     }
 
@@ -269,7 +306,7 @@ def end_to_end(device: torch.device, repeats: int, batch: int, size: int) -> lis
 
 def print_table(rows: list[dict], e2e: list[dict]) -> None:
     header = (
-        f"{'set':12s} {'penalty':16s} {'path':26s} {'ms':>9s} {'x floor':>8s} "
+        f"{'set':12s} {'penalty':58s} {'path':26s} {'ms':>9s} {'x floor':>8s} "
         f"{'x faster':>9s} {'peak MB':>8s}"
     )
     print(header)
@@ -277,7 +314,7 @@ def print_table(rows: list[dict], e2e: list[dict]) -> None:
     for r in rows:
         fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
         print(
-            f"{r['set']:12s} {r['penalty']:16s} {r['path']:26s} {r['ms']:9.3f} "
+            f"{r['set']:12s} {r['penalty']:58s} {r['path']:26s} {r['ms']:9.3f} "
             f"{fmt(r['ratio_to_floor'], '8.2f'):>8s} {fmt(r['speedup_over_tutorial'], '9.1f'):>9s} "
             f"{fmt(r['peak_extra_mb'], '8.1f'):>8s}"
         )
@@ -303,6 +340,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="resnet18,transformer,mlp")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--penalties",
+        default="elementwise,group",
+        help=f"penalty families, comma-separated: {', '.join(FAMILIES)}",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--e2e-batch", type=int, default=16)
     parser.add_argument("--e2e-size", type=int, default=224, help="image side of the e2e batch")
@@ -314,7 +356,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    rows = [r for name in args.sets.split(",") for r in bench_set(name, device, args.repeats)]
+    families = args.penalties.split(",")
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"unknown penalty families {unknown}; choose from {', '.join(FAMILIES)}")
+    rows = [
+        r for name in args.sets.split(",") for r in bench_set(name, device, args.repeats, families)
+    ]
     e2e = (
         end_to_end(device, args.e2e_repeats, args.e2e_batch, args.e2e_size)
         if args.e2e_repeats

@@ -160,7 +160,7 @@ def _precise(value: Scalar) -> Scalar:
     return value.to(torch.float64) if isinstance(value, Tensor) else value
 
 
-def _scalar(value: Scalar, like: Tensor) -> Tensor:
+def scalar(value: Scalar, like: Tensor) -> Tensor:
     """A 0-dim tensor on ``like``'s device (compiled kernels take scalars as tensors), float64
     for float64 weights and float32 otherwise (low-precision weights compute in float32)."""
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
@@ -202,7 +202,7 @@ def _compiled(kernel: Callable) -> Callable:
     return torch.compile(kernel, fullgraph=True, dynamic=False)
 
 
-def _lists(*tensor_lists: Tensors) -> list[list[Tensor]]:
+def lists(*tensor_lists: Tensors) -> list[list[Tensor]]:
     """Lists for a compiled kernel: 0-dim tensors as 1-element views of the same storage, as
     compiled code treats 0-dim CPU tensors as scalars and would drop their in-place update."""
     return [[t.view(1) if t.dim() == 0 else t for t in ts] for ts in tensor_lists]
@@ -228,7 +228,7 @@ def add_grad_(
         return
     if l1 and runner.use_compiled(_fused_grad, ws):
         ok, _ = runner.run_compiled(
-            _fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]), _scalar(l2, ws[0]), bool(l2)
+            _fused_grad, *lists(gs, ws), scalar(l1, ws[0]), scalar(l2, ws[0]), bool(l2)
         )
         if ok:
             return
@@ -249,9 +249,9 @@ def _add_scaled_grad_(
     runner: Kernels,
 ) -> None:
     if runner.use_compiled(_fused_grad, ws):
-        s = _scalar(scale, ws[0])
+        s = scalar(scale, ws[0])
         ok, _ = runner.run_compiled(
-            _fused_grad, *_lists(gs, ws), _scalar(l1, ws[0]) * s, _scalar(l2, ws[0]) * s, bool(l2)
+            _fused_grad, *lists(gs, ws), scalar(l1, ws[0]) * s, scalar(l2, ws[0]) * s, bool(l2)
         )
         if ok:
             return
@@ -283,8 +283,8 @@ def decay_(ws: Tensors, lr: Scalar, l1: float, l2: float, runner: Kernels | None
     runner = runner or Kernels()
     lr = _precise(lr)
     if l1 and runner.use_compiled(_fused_decay, ws):
-        shrink = _scalar(1 - lr * l2, ws[0])
-        ok, _ = runner.run_compiled(_fused_decay, *_lists(ws), _scalar(lr * l1, ws[0]), shrink)
+        shrink = scalar(1 - lr * l2, ws[0])
+        ok, _ = runner.run_compiled(_fused_decay, *lists(ws), scalar(lr * l1, ws[0]), shrink)
         if ok:
             return
     if l1 and ws[0].dtype in LOW_PRECISION:  # a bf16 coefficient would round first
@@ -308,8 +308,8 @@ def prox_(ws: Tensors, step: Scalar, l1: float, l2: float, runner: Kernels | Non
     runner = runner or Kernels()
     step = _precise(step)
     if l1 and runner.use_compiled(_fused_prox, ws):
-        args = (_scalar(step * l1, ws[0]), _scalar(1 + step * l2, ws[0]))
-        ok, _ = runner.run_compiled(_fused_prox, *_lists(ws), *args)
+        args = (scalar(step * l1, ws[0]), scalar(1 + step * l2, ws[0]))
+        ok, _ = runner.run_compiled(_fused_prox, *lists(ws), *args)
         if ok:
             return
     if l1 and ws[0].dtype in LOW_PRECISION:
@@ -332,7 +332,7 @@ def value(ws: Tensors, l1: float, l2: float, runner: Kernels | None = None) -> T
     dtype = torch.promote_types(ws[0].dtype, torch.float32)
     if l1 and dtype == torch.float32 and runner.use_compiled(_fused_value, ws):
         ok, total = runner.run_compiled(
-            _fused_value, *_lists(ws), _scalar(l1, ws[0]), _scalar(l2 / 2, ws[0]), bool(l2)
+            _fused_value, *lists(ws), scalar(l1, ws[0]), scalar(l2 / 2, ws[0]), bool(l2)
         )
         if ok:
             return cast(Tensor, total)

@@ -27,7 +27,7 @@ from ._checks import check_step
 from .amp import RESOLUTION, gradient_scale
 from .attach import AttachHandle, Mode, attach
 from .binding import Binding
-from .kernels import EAGER, Backend, Kernels, get_backend, pack
+from .kernels import Backend, Kernels, get_backend, pack
 from .penalties import Penalty, parse
 from .penalties.base import check_strengths_fit
 from .penalties.batch import Batch
@@ -322,13 +322,13 @@ class Regularizer:
         if params is not None and self._sharding.sharded:
             raise ValueError("params= is not supported on FSDP2-sharded parameters")
         tensors = self._params if params is None else self._lookup(params)
-        # chunks differ from call to call: compiling a kernel for each would not pay
+        # the chunks are the same at every call: their kernels compile once, like the buckets'
         return sum_parts(
             [
                 _PenaltyTotal.apply(
                     self._current(pen),
                     self._sharding,
-                    self._batch([self._params[i] for i in idx], EAGER),
+                    self._batch([self._params[i] for i in idx]),
                     *(tensors[i] for i in idx),
                 )
                 for pen, idx in self._chunks

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import group_kernels
 from .._checks import ArrayLike, check_strength
 from ..dtensor import ShardSpec, all_reduce_max, all_reduce_sum, is_dtensor, local
-from ..kernels import Tensors
+from ..kernels import Tensors, lists, scalar
 from . import norms
 from .base import (
     GroupKey,
@@ -259,11 +260,34 @@ class _GroupBase(Penalty):
         g = self.grouping(w.detach(), shard)
         return GroupStats(g.zero_groups(), g.count, g.spans_shards)
 
-    # -- fast path: per tensor, with its shard's groups -------------------------------------------
+    # -- fast path: fused "group norms, then scale" kernels, else per tensor -------------------
+    def _fused(self, mode: str, ws: Tensors, batch: Batch | None, *extra: Any) -> tuple[bool, Any]:
+        """Run the fused kernel of ``mode`` on whole tensors with named groups (`group_kernels`);
+        ``(False, None)`` for shards, callable groups, or where the backend stays eager."""
+        if batch is None or batch.shards or not group_kernels.supported(ws, self.groups):
+            return False, None
+        like = ws[0]
+        strengths = (scalar(self._group, like), scalar(self._l1, like), bool(self._l1))
+        coefs = group_kernels.coefs(ws, self.groups, self.scale)  # type: ignore[arg-type]
+        if mode == "add_grad":
+            gs, scale = extra
+            args: tuple = (*lists(gs, ws), self.groups, coefs, *strengths, scalar(scale, like))
+        elif mode == "prox":
+            (step,) = extra
+            t_group, t_l1 = scalar(step * self._group, like), scalar(step * self._l1, like)
+            args = (*lists(ws), self.groups, coefs, t_group, t_l1, bool(self._l1))
+        else:  # value; grads and decay take their scale / lr last
+            args = (*lists(ws), self.groups, coefs, *strengths)
+            args += tuple(scalar(x, like) for x in extra)
+        return group_kernels.run(batch.kernels, mode, ws, *args)
+
     def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         """``sum_i R(w_i)``; for a local shard, this process's share: its elements' L1 and its
         groups, where a group spanning shards (whole on every process) counts ``1/world``."""
         dtype = accumulation_dtype(ws[0].dtype)
+        ok, total = self._fused("value", ws, batch)
+        if ok:
+            return total.to(dtype)
         parts = []
         for i, w in enumerate(ws):
             shard = batch.shard(i) if batch else None
@@ -277,6 +301,9 @@ class _GroupBase(Penalty):
         return torch.stack(parts).sum()
 
     def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
+        ok, out = self._fused("grads", ws, batch, scale)
+        if ok:
+            return list(out)
         return [
             self._grad(w, self.grouping(w, batch.shard(i) if batch else None)).mul_(scale)
             for i, w in enumerate(ws)
@@ -289,14 +316,23 @@ class _GroupBase(Penalty):
         scale: Tensor | None = None,
         batch: Batch | None = None,
     ) -> None:
+        ok, _ = self._fused("add_grad", ws, batch, gs, 1.0 if scale is None else scale)
+        if ok:
+            return
         for g, d in zip(gs, self.grads(ws, 1.0 if scale is None else scale, batch), strict=True):
             g.add_(d)
 
     def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
+        ok, _ = self._fused("decay", ws, batch, lr)
+        if ok:
+            return
         for w, d in zip(ws, self.grads(ws, lr, batch), strict=True):
             w.sub_(d)
 
     def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
+        ok, _ = self._fused("prox", ws, batch, step)
+        if ok:
+            return
         for i, w in enumerate(ws):
             if self._l1:
                 t: Any = step * self._l1
