@@ -6,9 +6,10 @@ reads (and writes) in a second one. Compiled with ``torch.compile`` per list of 
 tensor's norm reduction and update fuse into loops with no temporary the size of the tensor, so a
 mode costs about its memory floor: one reading pass for the norms plus the update pass.
 
-Norms are scaled (``s * ||w/s||`` with ``s = max|w_g|``, inside the same reduction loop), so
-groups of tiny entries keep their true norm and groups of huge ones do not overflow, exactly like
-`torchpenalty.penalties.norms`. Groups are ``rows`` (dim-0 slices), ``cols`` (dim-1 slices) or the
+Norms are exact for groups of tiny entries (whose float32 squares underflow) and of huge ones
+(whose squares overflow), like `torchpenalty.penalties.norms`: float32 (and lower) squares are
+summed in float64, inside the same reduction loop; float64 groups are scaled by their largest
+magnitude first. Groups are ``rows`` (dim-0 slices), ``cols`` (dim-1 slices) or the
 whole ``tensor``; callable groups and groups spanning FSDP2 shards take the eager path. Low
 precision weights compute in float32 and round once. Strengths, steps and scales enter as 0-dim
 tensors, so schedules never recompile.
@@ -51,11 +52,15 @@ def group_size(w: Tensor, groups: str) -> int:
     return w.numel()
 
 
-def _scaled_unit(v: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """``(s, ||v/s||)`` per group (keepdim); see `torchpenalty.penalties.norms.scaled_norm`."""
+def _norms(v: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``||v_g||`` per group (keepdim), exact for tiny and huge groups: float32 values (and
+    lower) are squared and summed in float64, where no square of theirs underflows or overflows;
+    float64 values are scaled by the group's largest magnitude first (two reductions)."""
+    if v.dtype != torch.float64:
+        return (v.double() ** 2).sum(dim=dims, keepdim=True).sqrt()
     a = v.abs().amax(dim=dims, keepdim=True)
     s = torch.where((a > 0) & torch.isfinite(a), a, torch.ones_like(a))
-    return s, ((v / s) ** 2).sum(dim=dims, keepdim=True).sqrt()
+    return s * ((v / s) ** 2).sum(dim=dims, keepdim=True).sqrt()
 
 
 def _soft(v: Tensor, t: Tensor) -> Tensor:
@@ -64,9 +69,9 @@ def _soft(v: Tensor, t: Tensor) -> Tensor:
 
 def _grad_of(v: Tensor, dims: tuple[int, ...], group_c: Tensor, l1: Tensor, has_l1: bool):
     """``group * c_g * v_g / ||v_g|| (+ l1 * sign(v))``, 0 in a zero group, NaN in a NaN group."""
-    s, unit = _scaled_unit(v, dims)
-    direction = torch.where(unit == 0, torch.zeros_like(v), (v / s) / unit)
-    out = direction * group_c
+    n = _norms(v, dims)
+    direction = torch.where(n == 0, torch.zeros_like(n), 1 / n) * v  # in float64 for float32 v
+    out = (direction * group_c).to(v.dtype)
     # plain sign: a group holding NaN is NaN through its direction already
     return out + torch.sign(v) * l1 if has_l1 else out
 
@@ -77,8 +82,7 @@ def _value(ws: list[Tensor], groups: str, coefs: list[float], group: Tensor, l1:
     total = torch.zeros((), dtype=torch.float32, device=ws[0].device)
     for w, c in zip(ws, coefs, strict=True):
         v, dims = _view(_acc(w), groups)
-        s, unit = _scaled_unit(v, dims)
-        part = (s * unit).sum() * (group * c)
+        part = _norms(v, dims).sum().to(v.dtype) * (group * c)
         total = total + (part + v.abs().sum() * l1 if has_l1 else part)
     return total
 
@@ -113,11 +117,10 @@ def _prox(ws: list[Tensor], groups: str, coefs: list[float], group_t: Tensor, l1
     for w, c in zip(ws, coefs, strict=True):
         v, dims = _view(_acc(w), groups)
         u = _soft(v, l1_t) if has_l1 else v
-        s, unit = _scaled_unit(u, dims)
-        n = s * unit
+        n = _norms(u, dims)
         t = group_t * c
         factor = torch.where(n <= t, torch.zeros_like(n), (1 - t / n).clamp(min=0))
-        w.copy_((u * factor).reshape(w.shape))
+        w.copy_((u * factor.to(u.dtype)).reshape(w.shape))
 
 
 _KERNELS: dict[str, Callable[..., Any]] = {
