@@ -43,13 +43,19 @@ def _view(w: Tensor, groups: str) -> tuple[Tensor, tuple[int, ...]]:
     return w.reshape(1, -1), (1,)
 
 
+def group_dims(groups: str, ndim: int) -> tuple[int, ...]:
+    """The dims one group spans in a tensor of ``ndim`` dims: every dim but 0 (``rows``), every
+    dim but 1 (``cols``), or all of them (``tensor``, and any grouping of a 0-dim tensor)."""
+    if groups == "tensor" or ndim == 0:
+        return tuple(range(ndim))
+    if groups == "rows":
+        return tuple(range(1, ndim))
+    return (0, *range(2, ndim))
+
+
 def group_size(w: Tensor, groups: str) -> int:
     """Elements per group of ``w``."""
-    if groups == "rows":
-        return math.prod(w.shape[1:])
-    if groups == "cols":
-        return w.shape[0] * math.prod(w.shape[2:])
-    return w.numel()
+    return math.prod(w.shape[d] for d in group_dims(groups, w.ndim))
 
 
 def _norms(v: Tensor, dims: tuple[int, ...]) -> Tensor:

@@ -104,6 +104,16 @@ class _PenaltyTotal(torch.autograd.Function):
         return (None, None, None, *ctx.sharding.like_params(grads, ctx.params))
 
 
+def _check_applies(
+    names: Sequence[str], params: Sequence[Tensor], penalties: Sequence[Penalty]
+) -> None:
+    """Raise `ValueError` naming the first parameter its penalty cannot apply to (its shape, or a
+    strength its dtype cannot hold)."""
+    for name, param, pen in zip(names, params, penalties, strict=True):
+        pen.check_tensor(name, param)
+        check_strengths_fit(pen, name, param.dtype)
+
+
 def _loss_chunks(buckets: Sequence[_Bucket], params: Sequence[Tensor]) -> list[tuple]:
     """``(penalty, indices)`` runs of at most the largest tensor's size: one autograd node each,
     so backward holds at most one chunk's gradients before they are accumulated into ``.grad``."""
@@ -161,10 +171,8 @@ class Regularizer:
         selected, self.frozen = select_entries(model, include, exclude, among=among)
         assigned = _assign(selected, penalty, model)
         kept = [(e, p) for e, p in zip(selected, assigned, strict=True) if p is not None]
-        for e, p in kept:
-            p.check_tensor(e.name, e.param)
-            check_strengths_fit(p, e.name, e.param.dtype)
         self._names = [e.name for e, _ in kept]
+        _check_applies(self._names, [e.param for e, _ in kept], [p for _, p in kept])
         self._binding = Binding.of_entries(model, [e for e, _ in kept])
         self._params = self._binding.params
         self._sharding = Sharding.of(self._params)
@@ -190,9 +198,7 @@ class Regularizer:
         if torch.compiler.is_compiling() or self._binding.intact():
             return
         params = self._binding.rebind()
-        for name, param, pen in zip(self._names, params, self._penalties, strict=True):
-            pen.check_tensor(name, param)
-            check_strengths_fit(pen, name, param.dtype)
+        _check_applies(self._names, params, self._penalties)
         self._params = params
         self._sharding = Sharding.of(params)
         self._set_penalties(self._penalties)  # new buckets; attachments rebuild their plans
@@ -507,9 +513,7 @@ class Regularizer:
                 f"{sorted(set(self._names) - set(saved))} missing"
             )
         penalties = [Penalty.from_config(saved[n]) for n in self._names]
-        for name, param, pen in zip(self._names, self._params, penalties, strict=True):
-            pen.check_tensor(name, param)
-            check_strengths_fit(pen, name, param.dtype)
+        _check_applies(self._names, self._params, penalties)
         self._set_penalties(penalties)
         schedule = state.get("schedule")
         if schedule == "callable":

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import dtensor
 from .kernels import EAGER
 from .penalties import Penalty
 from .penalties.batch import Batch
@@ -148,7 +147,7 @@ def build_report(entries: Sequence[tuple[str, Tensor, Penalty]], sharding: Shard
     device = None
     with torch.no_grad():
         for param, w, pen, spec in (
-            (p, sharding.locals([p])[0], pen, dtensor.shard_spec(p)) for _, p, pen in entries
+            (p, sharding.locals([p])[0], pen, sharding.spec(p)) for _, p, pen in entries
         ):
             device = device or w.device
             value = pen.total_value([w.detach()], Batch(EAGER, (spec,) if spec else ()))

@@ -16,15 +16,21 @@ import torch
 from torch import Tensor
 
 from . import dtensor
+from .dtensor import ShardSpec
 from .kernels import Kernels
 from .penalties.batch import Batch
 
 
-def sum_parts(parts: Sequence[Tensor]) -> Tensor:
-    """Partial totals of several devices and dtypes, added on the first one's device."""
+def _common_dtype(parts: Sequence[Tensor]) -> torch.dtype:
     dtype = parts[0].dtype
     for p in parts[1:]:
         dtype = torch.promote_types(dtype, p.dtype)
+    return dtype
+
+
+def sum_parts(parts: Sequence[Tensor]) -> Tensor:
+    """Partial totals of several devices and dtypes, added on the first one's device."""
+    dtype = _common_dtype(parts)
     total = parts[0].to(dtype)
     for p in parts[1:]:
         total = total + p.to(device=total.device, dtype=dtype)
@@ -34,16 +40,18 @@ def sum_parts(parts: Sequence[Tensor]) -> Tensor:
 class Sharding:
     """The process group the regularized parameters are sharded over (None: not sharded)."""
 
-    def __init__(self, group: Any = None) -> None:
+    def __init__(self, group: Any = None, specs: dict[int, ShardSpec] | None = None) -> None:
         self.group = group
+        self._specs = specs or {}  # id(parameter) -> its ShardSpec, read once by `of`
 
     @classmethod
     def of(cls, params: Sequence[Tensor]) -> Sharding:
         """The sharding of ``params``: one process group for all sharded ones, or none."""
-        groups = {id(s.group): s.group for p in params if (s := dtensor.shard_spec(p))}
+        specs = {id(p): s for p in params if (s := dtensor.shard_spec(p))}
+        groups = {id(s.group): s.group for s in specs.values()}
         if len(groups) > 1:
             raise ValueError("regularized DTensors must all be sharded over the same device mesh")
-        return cls(next(iter(groups.values()), None))
+        return cls(next(iter(groups.values()), None), specs)
 
     @property
     def sharded(self) -> bool:
@@ -59,11 +67,15 @@ class Sharding:
             return list(params)
         return [dtensor.local(p) for p in params]
 
+    def spec(self, param: Tensor) -> ShardSpec | None:
+        """The `ShardSpec` of a regularized parameter; None for a whole tensor."""
+        return self._specs.get(id(param))
+
     def batch(self, params: Sequence[Tensor], kernels: Kernels) -> Batch:
         """The `Batch` the fast path gets for the local tensors of ``params``."""
         if not self.sharded:
             return Batch(kernels)
-        return Batch(kernels, tuple(dtensor.shard_spec(p) for p in params))
+        return Batch(kernels, tuple(self.spec(p) for p in params))
 
     def reduce(self, stacked: Tensor) -> Tensor:
         """Per-process figures summed over the processes (one collective; none when unsharded)."""
@@ -73,9 +85,7 @@ class Sharding:
         """The sum of every process's partial totals, on the first part's device."""
         if not self.sharded:
             return sum_parts(parts)
-        dtype = parts[0].dtype
-        for p in parts[1:]:
-            dtype = torch.promote_types(dtype, p.dtype)
+        dtype = _common_dtype(parts)
         stacked = torch.stack([p.to(device=parts[0].device, dtype=dtype) for p in parts])
         return self.reduce(stacked).sum()
 

@@ -53,7 +53,7 @@ from .base import (
 from .batch import Batch
 from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
 
-GROUPINGS = ("rows", "cols", "tensor")
+GROUPINGS = group_kernels.GROUPINGS
 SCALES = ("none", "sqrt_size")
 GroupSpec = str | Callable[[Tensor], Tensor]
 
@@ -100,16 +100,11 @@ class Grouping:
                 raise ValueError("callable groups are not supported on sharded (FSDP2) parameters")
             self._by_index(groups(w), scale, w)
             return
-        if groups == "tensor" or w.ndim == 0:
-            dims: tuple[int, ...] = tuple(range(w.ndim))
-        elif groups == "rows":
-            dims = tuple(range(1, w.ndim))
-        else:
-            if w.ndim < 2:
-                raise ValueError(
-                    f"groups='cols' needs a tensor with ndim >= 2, got shape {tuple(w.shape)}"
-                )
-            dims = (0, *range(2, w.ndim))
+        if groups == "cols" and w.ndim < 2:
+            raise ValueError(
+                f"groups='cols' needs a tensor with ndim >= 2, got shape {tuple(w.shape)}"
+            )
+        dims = group_kernels.group_dims(groups, w.ndim)
         size = math.prod(w.shape[d] for d in dims)
         self.count = math.prod(w.shape) // size if size else 0
         if shard is not None and shard.dim in dims:
@@ -124,7 +119,6 @@ class Grouping:
         self.norms = self._scale * self._unit
         self.coef = math.sqrt(size) if scale == "sqrt_size" else 1.0
         self.group_norms, self.group_coef = self.norms, self.coef
-        self._w = w
 
     def _by_index(self, index: Any, scale: str, w: Any) -> None:
         if tuple(index.shape) != tuple(w.shape):
@@ -152,7 +146,6 @@ class Grouping:
         self._unit = group_unit[flat].reshape(w.shape)
         self.norms = self.group_norms[flat].reshape(w.shape)
         self.coef = self.group_coef[flat].reshape(w.shape)
-        self._w = w
 
     def total(self) -> Any:
         """``sum_g c_g ||w_g||``."""

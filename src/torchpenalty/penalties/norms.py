@@ -28,6 +28,11 @@ def safe_scale(amax: Tensor) -> Tensor:
     return torch.where(ok, amax, torch.ones_like(amax))
 
 
+def _safe_scale_np(amax: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """NumPy twin of `safe_scale`."""
+    return np.where((amax > 0) & np.isfinite(amax), amax, 1).astype(dtype)
+
+
 def scaled_norm(w: Tensor, dims: Sequence[int], keepdim: bool = True) -> tuple[Tensor, Tensor]:
     """``(s, ||w/s||)`` over ``dims``: the group norm is their product, the unit vector of a group
     ``(w / s) / ||w/s||``. Empty groups have norm 0."""
@@ -53,7 +58,7 @@ def scaled_norm_np(w: np.ndarray, dims: Sequence[int]) -> tuple[np.ndarray, np.n
         return np.ones(shape, w.dtype), np.zeros(shape, w.dtype)
     with np.errstate(invalid="ignore"):
         amax = np.max(np.abs(w), axis=dims, keepdims=True)
-        scale = np.where((amax > 0) & np.isfinite(amax), amax, 1).astype(w.dtype)
+        scale = _safe_scale_np(amax, w.dtype)
         u = w / scale
         return scale, np.sqrt((u * u).sum(axis=dims, keepdims=True))
 
@@ -80,7 +85,7 @@ def index_scaled_norm_np(
     amax = np.zeros(count, flat_w.dtype)
     np.maximum.at(amax, index, np.abs(flat_w))
     with np.errstate(invalid="ignore"):
-        scale = np.where((amax > 0) & np.isfinite(amax), amax, 1).astype(flat_w.dtype)
+        scale = _safe_scale_np(amax, flat_w.dtype)
         u = flat_w / scale[index]
         sq = np.bincount(index, weights=u * u, minlength=count).astype(flat_w.dtype)
     return scale, np.sqrt(sq)
