@@ -13,9 +13,10 @@ the same run on the same tensors (every parameter of the model is regularized):
 - floor: one compiled single pass over the same tensors: ``g.add_(w, alpha=c)`` for gradient
   mode, ``w.mul_(c)`` for decoupled / proximal, ``w.abs().sum()`` for the value; on a GPU, the
   same bytes at the bandwidth of a device-to-device copy measured in the same run. Group
-  penalties (``--penalties group``: group lasso on rows, cols and the whole tensor, sparse group
-  lasso on rows, applied to the weights, ``ndim >= 2``) need their group norms first: their floor
-  is one reading pass more (the value floor) before the update pass.
+  penalties (``--penalties group``: group lasso on rows, cols, the whole tensor and callable
+  groups (`blocks_of_16`), sparse group lasso on rows, applied to the weights, ``ndim >= 2``)
+  need their group norms first: their floor is one reading pass more (the value floor) before
+  the update pass.
 
 Peak extra memory is what the call allocates beyond its inputs (CPU: from the profiler's memory
 events; CUDA: ``torch.cuda.max_memory_allocated``). The end-to-end rows time one training step of
@@ -111,6 +112,11 @@ def compiled(fn):
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
+def blocks_of_16(w: torch.Tensor) -> torch.Tensor:
+    """Callable groups: blocks of 16 consecutive weights (1x16 block sparsity)."""
+    return torch.arange(w.numel(), device=w.device).view(w.shape) // 16
+
+
 #: the penalty families ``--penalties`` names
 FAMILIES = {
     "elementwise": (L2(LAM), L1(LAM)),
@@ -118,6 +124,7 @@ FAMILIES = {
         GroupLasso(LAM, "rows"),
         GroupLasso(LAM, "cols"),
         GroupLasso(LAM, "tensor"),
+        GroupLasso(LAM, blocks_of_16),
         SparseGroupLasso(LAM, LAM, "rows"),
     ),
 }

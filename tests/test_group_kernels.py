@@ -8,8 +8,20 @@ import torch
 from torch import nn
 
 from torchpenalty import GroupLasso, Regularizer, SparseGroupLasso
+from torchpenalty.group_kernels import Layout, detect_layout
 
 pytestmark = pytest.mark.slow  # each case compiles its kernels (a few seconds)
+
+
+def last_dim_runs(w):
+    """A group per run along the last dim (a conv's kernel window; a Linear's rows)."""
+    return torch.arange(w.numel()).view(w.shape) // w.shape[-1]
+
+
+def last_dim_index(w):
+    """A group per position along the last dim, across all other dims (column blocks)."""
+    return torch.arange(w.shape[-1]).expand(w.shape)
+
 
 PENALTIES = [
     GroupLasso(0.3, "rows"),
@@ -17,6 +29,8 @@ PENALTIES = [
     GroupLasso(0.3, "tensor"),
     SparseGroupLasso(0.05, 0.3, "rows"),
     SparseGroupLasso(0.05, 0.3, "cols"),
+    GroupLasso(0.3, last_dim_runs, "sqrt_size"),
+    SparseGroupLasso(0.05, 0.3, last_dim_index),
 ]
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}
 
@@ -73,6 +87,55 @@ def test_fused_group_kernels_equal_the_eager_path(penalty, dtype):
     (gb,) = torch.autograd.grad(fused(), b[0].weight)
     close(ga, gb, dtype)
     assert not fused._kernels.compile_failed
+    assert fused._kernels.signatures  # the fused kernels ran, not the eager fallback
+
+
+@pytest.mark.parametrize(
+    "index, expected",
+    [
+        (torch.zeros(4, 3, dtype=torch.long), Layout(1)),  # one group: the whole tensor
+        (torch.arange(12).view(4, 3) // 3, Layout(4)),  # rows
+        (torch.arange(24).view(2, 4, 3) // 3, Layout(8)),  # a conv's kernel windows
+        (torch.arange(24).view(6, 4) // 8, Layout(3)),  # blocks of 2 rows (attention heads)
+        (torch.tensor([[7, 7], [2, 2], [9, 9]]), Layout(3)),  # rows labelled in any order
+        (torch.tensor([[5, 2, 9], [5, 2, 9]]).expand(4, 2, 3), Layout(8, 3)),  # columns, too
+        (torch.arange(3).expand(4, 3), Layout(4, 3)),  # columns
+        (torch.arange(6).view(1, 6).expand(4, 6) // 2, Layout(4, 3)),  # blocks of 2 columns
+        (torch.arange(4).view(1, 4, 1).expand(5, 4, 9), Layout(5, 4)),  # conv input channels
+    ],
+)
+def test_detect_layout_finds_rows_and_column_blocks(index, expected):
+    assert detect_layout(index) == expected
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        torch.randperm(12).view(4, 3) % 5,  # scattered
+        torch.tensor([0, 0, 1, 1, 0, 0]),  # a label in two runs that are not column blocks
+        torch.tensor([0, 0, 1, 1, 1, 2]),  # runs of unequal length
+        torch.tensor([0, 1, 2, 0, 1, 3]),  # rows of column blocks that differ
+        torch.tensor([0, 1, 0, 1, 0]),  # a partial last row
+    ],
+)
+def test_detect_layout_refuses_irregular_groups(index):
+    assert detect_layout(index) is None
+
+
+def test_irregular_callable_groups_run_eagerly_and_agree():
+    def scattered(w):  # the same groups for every tensor of a shape, in no regular pattern
+        generator = torch.Generator().manual_seed(w.numel())
+        return (torch.randperm(w.numel(), generator=generator) % 3).view(w.shape)
+
+    a, b = model(torch.float32, 1e-30), model(torch.float32, 1e-30)
+    eager = Regularizer(a, GroupLasso(0.3, scattered), backend="eager")
+    fused = Regularizer(b, GroupLasso(0.3, scattered), backend="compile")
+    close(eager.value(), fused.value(), torch.float32)
+    eager.prox_(0.5)
+    fused.prox_(0.5)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        close(p, q, torch.float32)
+    assert not fused._kernels.signatures  # never compiled: no layout
 
 
 def test_nan_groups_stay_nan_and_the_rest_is_untouched():
@@ -84,3 +147,65 @@ def test_nan_groups_stay_nan_and_the_rest_is_untouched():
     Regularizer(b, GroupLasso(0.3), backend="compile").prox_(0.5)
     assert torch.isnan(b[0].weight[3]).all()
     torch.testing.assert_close(a[0].weight, b[0].weight, equal_nan=True)
+
+
+GROUP_SPECS = [
+    "group_lasso(0.05, groups=rows)",
+    "group_lasso(0.05, groups=cols, scale=sqrt_size)",
+    "group_lasso(0.05, groups=tensor)",
+    "sparse_group_lasso(0.01, 0.05, groups=cols)",
+    GroupLasso(0.05, last_dim_index),
+]
+
+
+@pytest.mark.parametrize("spec", GROUP_SPECS)
+def test_user_compiled_steps_have_no_graph_break(spec):
+    """Inside the user's ``torch.compile(fullgraph=True)`` (which raises on a graph break), every
+    mode traces through, and matches eager."""
+    a, b = model(torch.float32, 1.0), model(torch.float32, 1.0)
+    x = torch.randn(7, 6)
+    eager, compiled = Regularizer(a, spec, backend="eager"), Regularizer(b, spec)
+    compiled.value()  # a callable's groups are read once, outside compiled code
+
+    def loss(m, reg):
+        return m[0](x).square().sum() + reg()
+
+    got = torch.compile(loss, fullgraph=True)(b, compiled)
+    want = loss(a, eager)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    for fn in ("add_to_grad_", "value"):
+        got = torch.compile(getattr(compiled, fn), fullgraph=True)()
+        want = getattr(eager, fn)()
+        if want is not None:
+            torch.testing.assert_close(got, want)
+    torch.compile(lambda: compiled.decay_(0.1), fullgraph=True)()
+    torch.compile(lambda: compiled.prox_(0.01), fullgraph=True)()
+    eager.decay_(0.1)
+    eager.prox_(0.01)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("spec", GROUP_SPECS)
+def test_changing_strengths_and_steps_never_recompiles(spec):
+    """Strengths, schedule factors, learning rates and loss scales enter the fused kernels as
+    0-dim tensors: after the first call of each mode, new values reuse the compiled code."""
+    m = model(torch.float32, 1.0)
+    reg = Regularizer(m, spec, backend="compile", schedule=lambda step: 1.0 / (1 + step))
+
+    def every_mode(lr: float) -> None:
+        reg.value()
+        reg.add_to_grad_(torch.tensor(lr * 10))
+        reg.decay_(lr)
+        reg.prox_(lr)
+        reg().backward()
+
+    every_mode(0.1)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for lr in (0.05, 0.02, 0.3):
+            reg.step()  # a new strength factor
+            every_mode(lr)
+    assert reg.steps == 3 and reg._kernels.signatures

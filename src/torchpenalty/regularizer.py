@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ._checks import check_step
 from .amp import RESOLUTION, gradient_scale
@@ -31,6 +30,7 @@ from .kernels import Backend, Kernels, get_backend, pack
 from .penalties import Penalty, parse
 from .penalties.base import check_strengths_fit
 from .penalties.batch import Batch
+from .penalty_total import PenaltyTotal, grad_accumulators
 from .reporting import Report, build_report
 from .schedules import Schedule, ScheduleLike, factor_at
 from .selection import (
@@ -79,29 +79,6 @@ def _assign(entries: list[Entry], penalty: PenaltyArg, model: nn.Module) -> list
         for i in fresh:
             assigned[i] = pen
     return assigned
-
-
-class _PenaltyTotal(torch.autograd.Function):
-    """``sum_i R(w_i)`` over a chunk of tensors as one autograd node whose backward is the
-    closed-form gradient: no graph over the weights, and only the returned gradients allocated.
-    On FSDP2 shards the forward sums every process's share (one all-reduce) and the backward
-    returns each local gradient as a DTensor laid out like its parameter."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, penalty: Penalty, sharding: Sharding, batch: Batch, *tensors: Tensor
-    ) -> Tensor:
-        ctx.penalty, ctx.sharding, ctx.batch, ctx.params = penalty, sharding, batch, tensors
-        ws = [w.detach() for w in sharding.locals(tensors)]
-        ctx.save_for_backward(*ws)
-        return sharding.total([penalty.total_value(ws, batch)])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        ws = ctx.saved_tensors
-        grads = ctx.penalty.grads(ws, grad_out.to(ws[0].device), ctx.batch)
-        return (None, None, None, *ctx.sharding.like_params(grads, ctx.params))
 
 
 def _check_applies(
@@ -248,6 +225,11 @@ class Regularizer:
             bucket.params.append(param)
         self._buckets = list(groups.values())
         self._chunks = _loss_chunks(self._buckets, self._params)
+        self._bucket_runs = [(b.penalty, b.indices) for b in self._buckets]
+        sharded = self._sharding.sharded
+        self._accumulators = (
+            [None] * len(self._params) if sharded else grad_accumulators(self._params)
+        )
         self._version += 1  # attachments rebuild their plans
 
     def _batch(self, params: Sequence[Tensor], kernels: Kernels | None = None) -> Batch:
@@ -328,16 +310,21 @@ class Regularizer:
         if params is not None and self._sharding.sharded:
             raise ValueError("params= is not supported on FSDP2-sharded parameters")
         tensors = self._params if params is None else self._lookup(params)
-        # the chunks are the same at every call: their kernels compile once, like the buckets'
+        # Backward may add into .grad itself only for the bound parameters, outside compiled
+        # code. Where every .grad exists already it will (see `penalty_total`): then one node per
+        # bucket, as it returns no gradient to bound; otherwise chunks bound what it returns.
+        in_place = params is None and not torch.compiler.is_compiling()
+        whole = in_place and all(p.grad is not None for p in self._params)
         return sum_parts(
             [
-                _PenaltyTotal.apply(
+                PenaltyTotal.apply(
                     self._current(pen),
                     self._sharding,
                     self._batch([self._params[i] for i in idx]),
+                    [self._accumulators[i] for i in idx] if in_place else None,
                     *(tensors[i] for i in idx),
                 )
-                for pen, idx in self._chunks
+                for pen, idx in (self._bucket_runs if whole else self._chunks)
             ]
         )
 

@@ -105,12 +105,12 @@ class Grouping:
                 f"groups='cols' needs a tensor with ndim >= 2, got shape {tuple(w.shape)}"
             )
         dims = group_kernels.group_dims(groups, w.ndim)
-        size = math.prod(w.shape[d] for d in dims)
+        size = math.prod([w.shape[d] for d in dims])
         self.count = math.prod(w.shape) // size if size else 0
         if shard is not None and shard.dim in dims:
             # the group spans shards: a global scale, then the partial sums of all shards
             self._scale, self._unit = _spanning_norm(w, dims, shard.group)
-            size = math.prod(w.shape[d] if d != shard.dim else shard.global_length for d in dims)
+            size = math.prod([w.shape[d] if d != shard.dim else shard.global_length for d in dims])
             self.spans_shards = True
         elif self.is_torch:
             self._scale, self._unit = norms.scaled_norm(w, dims)
@@ -257,22 +257,49 @@ class _GroupBase(Penalty):
     def _fused(self, mode: str, ws: Tensors, batch: Batch | None, *extra: Any) -> tuple[bool, Any]:
         """Run the fused kernel of ``mode`` on whole tensors with named groups (`group_kernels`);
         ``(False, None)`` for shards, callable groups, or where the backend stays eager."""
-        if batch is None or batch.shards or not group_kernels.supported(ws, self.groups):
+        if batch is None or batch.shards or not group_kernels.supported(ws):
+            return False, None
+        layouts = self._layouts(ws, batch)
+        if layouts is None:
             return False, None
         like = ws[0]
         strengths = (scalar(self._group, like), scalar(self._l1, like), bool(self._l1))
-        coefs = group_kernels.coefs(ws, self.groups, self.scale)  # type: ignore[arg-type]
+        coefs = group_kernels.coefs(ws, layouts, self.scale)
         if mode == "add_grad":
             gs, scale = extra
-            args: tuple = (*lists(gs, ws), self.groups, coefs, *strengths, scalar(scale, like))
+            args: tuple = (*lists(gs, ws), layouts, coefs, *strengths, scalar(scale, like))
         elif mode == "prox":
             (step,) = extra
             t_group, t_l1 = scalar(step * self._group, like), scalar(step * self._l1, like)
-            args = (*lists(ws), self.groups, coefs, t_group, t_l1, bool(self._l1))
+            args = (*lists(ws), layouts, coefs, t_group, t_l1, bool(self._l1))
         else:  # value; grads and decay take their scale / lr last
-            args = (*lists(ws), self.groups, coefs, *strengths)
+            args = (*lists(ws), layouts, coefs, *strengths)
             args += tuple(scalar(x, like) for x in extra)
         return group_kernels.run(batch.kernels, mode, ws, *args)
+
+    def _layouts(self, ws: Tensors, batch: Batch) -> list[group_kernels.Layout] | None:
+        """Each tensor's `group_kernels.Layout`, or None when one has none (``cols`` of a 1-D
+        tensor, which the eager path refuses; a callable's irregular groups). A callable is
+        called once per shape, its layout kept by the regularizer's kernels."""
+        groups = self.groups
+        if isinstance(groups, str):
+            if groups == "cols" and any(w.ndim < 2 for w in ws):
+                return None
+            return [group_kernels.layout(w, groups) for w in ws]
+        found = batch.kernels.group_layouts
+        layouts = []
+        for w in ws:
+            key = (groups, tuple(w.shape))
+            if key not in found:
+                if torch.compiler.is_compiling():  # finding it reads the indices: a sync
+                    return None
+                index = groups(w)
+                shaped = isinstance(index, Tensor) and tuple(index.shape) == tuple(w.shape)
+                found[key] = group_kernels.detect_layout(index) if shaped else None
+            if found[key] is None:
+                return None
+            layouts.append(found[key])
+        return layouts
 
     def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         """``sum_i R(w_i)``; for a local shard, this process's share: its elements' L1 and its
