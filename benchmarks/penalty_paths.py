@@ -14,9 +14,11 @@ the same run on the same tensors (every parameter of the model is regularized):
   mode, ``w.mul_(c)`` for decoupled / proximal, ``w.abs().sum()`` for the value; on a GPU, the
   same bytes at the bandwidth of a device-to-device copy measured in the same run. Group
   penalties (``--penalties group``: group lasso on rows, cols, the whole tensor and callable
-  groups (`blocks_of_16`), sparse group lasso on rows, applied to the weights, ``ndim >= 2``)
-  need their group norms first: their floor is one reading pass more (the value floor) before
-  the update pass.
+  groups (`row_pairs`, `blocks_of_16`), sparse group lasso on rows, applied to the weights,
+  ``ndim >= 2``) need their group norms first: their floor is one reading pass more (the value
+  floor) before the update pass. Constraints (``--penalties constraint``: max-norm of rows and
+  cols, unit-norm and min-max-norm of rows) time their projection, ``reg.project_()``, against
+  that same decoupled floor.
 
 Peak extra memory is what the call allocates beyond its inputs (CPU: from the profiler's memory
 events; CUDA: ``torch.cuda.max_memory_allocated``). The end-to-end rows time one training step of
@@ -41,7 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import SETS, ResNet18
 
 import torchpenalty
-from torchpenalty import L1, L2, GroupLasso, Regularizer, SparseGroupLasso
+from torchpenalty import (
+    L1,
+    L2,
+    GroupLasso,
+    MaxNorm,
+    MinMaxNorm,
+    Regularizer,
+    SparseGroupLasso,
+    UnitNorm,
+)
 from torchpenalty.experiments.memory import peak_extra_bytes
 
 LAM = 1e-4
@@ -112,6 +123,12 @@ def compiled(fn):
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
+def row_pairs(w: torch.Tensor) -> torch.Tensor:
+    """Callable groups: pairs of consecutive output units (channel-pair pruning)."""
+    index = torch.arange(w.shape[0], device=w.device) // 2
+    return index.view(-1, *[1] * (w.ndim - 1)).expand(w.shape)
+
+
 def blocks_of_16(w: torch.Tensor) -> torch.Tensor:
     """Callable groups: blocks of 16 consecutive weights (1x16 block sparsity)."""
     return torch.arange(w.numel(), device=w.device).view(w.shape) // 16
@@ -124,10 +141,19 @@ FAMILIES = {
         GroupLasso(LAM, "rows"),
         GroupLasso(LAM, "cols"),
         GroupLasso(LAM, "tensor"),
+        GroupLasso(LAM, row_pairs),
         GroupLasso(LAM, blocks_of_16),
         SparseGroupLasso(LAM, LAM, "rows"),
     ),
+    "constraint": (
+        MaxNorm(0.5, "rows"),
+        MaxNorm(0.5, "cols"),
+        UnitNorm("rows"),
+        MinMaxNorm(0.1, 0.5, 0.5, "rows"),
+    ),
 }
+#: families whose tensors are the weights (ndim >= 2) and whose floor starts with a norms pass
+GROUPED = ("group", "constraint")
 
 
 def bench_set(
@@ -140,7 +166,7 @@ def bench_set(
         p.grad = torch.randn_like(p)
     rows = []
     for family in families or ["elementwise"]:
-        grouped = family == "group"
+        grouped = family in GROUPED
         chosen = [p for p in params if p.ndim >= 2] if grouped else params
         ws = [p.detach() for p in chosen]
         gs = [p.grad for p in chosen]
@@ -200,12 +226,14 @@ def bench_penalty(name, model, penalty, floors: dict, repeats: int, among: str) 
         "proximal": (lambda: reg.prox_(LR * 1e-6), "weights"),  # tiny step: weights survive
         "value()": (reg.value, "value"),
     }
+    if penalty.constraints():  # nothing to add to a loss or gradient: the projection only
+        paths = {"projection": (reg.project_, "weights")}
     measured = {label: measure(fn, floor) for label, (fn, floor) in paths.items()}
-    tutorial_ms = measured["tutorial autograd"][0]
+    tutorial_ms = measured["tutorial autograd"][0] if "tutorial autograd" in measured else None
     rows = []
     for label, (fn, floor) in paths.items():
         ms, ratio = measured[label]
-        faster = tutorial_ms / ms if floor == "grad" else None
+        faster = tutorial_ms / ms if floor == "grad" and tutorial_ms else None
         rows.append(row(name, penalty, label, ms, ratio, faster, peak_extra_mb(fn, device)))
         if label == "tutorial autograd" and is_l2:
             extra = torch_optim_extra_ms(params, repeats, device)

@@ -7,8 +7,23 @@ loss = criterion(model(x), y) + reg()                 # or reg.attach(opt, mode=
 from . import kernels, schedules
 from .attach import AttachHandle
 from .compaction import compact
+from .keras_interop import from_keras
 from .param_groups import param_groups
-from .penalties import L1, L2, ElasticNet, GroupLasso, Penalty, SparseGroupLasso, Sum, Zero, parse
+from .penalties import (
+    L1,
+    L2,
+    ElasticNet,
+    GroupLasso,
+    MaxNorm,
+    MinMaxNorm,
+    NonNeg,
+    Penalty,
+    SparseGroupLasso,
+    Sum,
+    UnitNorm,
+    Zero,
+    parse,
+)
 from .regularizer import Regularizer
 from .reporting import ParameterReport, Report
 from .selection import Selection, select
@@ -21,6 +36,9 @@ __all__ = [
     "AttachHandle",
     "ElasticNet",
     "GroupLasso",
+    "MaxNorm",
+    "MinMaxNorm",
+    "NonNeg",
     "ParameterReport",
     "Penalty",
     "Regularizer",
@@ -28,9 +46,11 @@ __all__ = [
     "Selection",
     "SparseGroupLasso",
     "Sum",
+    "UnitNorm",
     "Zero",
     "__version__",
     "compact",
+    "from_keras",
     "kernels",
     "param_groups",
     "parse",

@@ -203,9 +203,10 @@ def attach(
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
-    if mode == "loss":
+    constrained = reg._has_constraints()
+    if mode == "loss" and not constrained:
         raise ValueError("mode='loss' needs no attach: add reg() to the loss before backward()")
-    if mode not in MODES:
+    if mode not in ALL_MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     if id(optimizer) in reg._attachments:
         raise ValueError(
@@ -285,12 +286,19 @@ def attach(
     def proximal_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         apply_steps(opt)
 
+    def project_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        current_plan()  # follows replaced parameters, like the other hooks
+        reg.project_()
+
+    hooks = []
     if mode == "grad":
-        hooks = [optimizer.register_step_pre_hook(grad_hook)]
+        hooks.append(optimizer.register_step_pre_hook(grad_hook))
     elif mode == "decoupled":
-        hooks = [optimizer.register_step_pre_hook(decoupled_hook)]
-    else:
-        hooks = [optimizer.register_step_post_hook(proximal_hook)]
+        hooks.append(optimizer.register_step_pre_hook(decoupled_hook))
+    elif mode == "proximal":  # its prox ends with the projections
+        hooks.append(optimizer.register_step_post_hook(proximal_hook))
+    if constrained and mode != "proximal":  # constraints hold after every step, as in Keras
+        hooks.append(optimizer.register_step_post_hook(project_hook))
     if check_finite:
         hooks.append(optimizer.register_step_post_hook(lambda opt, a, k: reg.check_finite()))
     handle = AttachHandle(reg, optimizer, mode, hooks)

@@ -241,12 +241,24 @@ def _prox(
         w.copy_((u * _expand(factor, u, lay).to(u.dtype)).reshape(w.shape))
 
 
+def _project(ws: list[Tensor], layouts: list[Layout], lo: Tensor, hi: Tensor, rate: Tensor) -> None:
+    """``w_g *= target(n) / n``, ``target(n) = rate * clip(n, lo, hi) + (1 - rate) * n`` (the
+    norm constraints); a zero group stays 0."""
+    for w, lay in zip(ws, layouts, strict=True):
+        v = _flat(w, lay)
+        n = _norms(v, lay)
+        target = rate * n.clamp(lo, hi) + (1 - rate) * n
+        factor = torch.where(n == 0, torch.ones_like(n), target / n)
+        w.copy_((v * _expand(factor, v, lay)).reshape(w.shape))
+
+
 _KERNELS: dict[str, Callable[..., Any]] = {
     "value": _value,
     "grads": _grads,
     "add_grad": _add_grad,
     "decay": _decay,
     "prox": _prox,
+    "project": _project,
 }
 
 

@@ -259,6 +259,20 @@ class Regularizer:
         ws, batch = self._sharding.locals(params), self._batch(params)
         (pen.decay_ if mode == "decoupled" else pen.prox_)(ws, lr, batch)
 
+    def _has_constraints(self) -> bool:
+        return any(p.constraints() for p in self._penalties)
+
+    def project_(self) -> None:
+        """Project every regularized parameter onto its penalty's constraints (`MaxNorm`,
+        `UnitNorm`, `MinMaxNorm`, `NonNeg`): what an attached regularizer does after every
+        optimizer step. Penalties without constraints are left alone; no device sync."""
+        self._refresh()
+        with torch.no_grad():
+            for b in self._buckets:
+                if b.penalty.constraints():
+                    ws = self._sharding.locals(b.params)
+                    b.penalty.project_(ws, self._batch(b.params))
+
     def check_finite(self) -> None:
         """Check that no regularized parameter holds NaN or Inf.
 
@@ -443,7 +457,9 @@ class Regularizer:
             mode: ``"grad"``: ``g += grad R(w)`` before the step (``L2`` is ``weight_decay``).
                 ``"decoupled"``: ``w -= lr * grad R(w)`` before the step, with the ``lr`` of the
                 parameter's group (``L2`` is AdamW's decay). ``"proximal"``: ``w = prox(w, lr)``
-                after the step (exact zeros for L1).
+                after the step (exact zeros for L1). Constraints (`MaxNorm`, ...) are
+                projected after every step in each mode; ``"loss"`` attaches only that
+                projection (for a penalty with constraints), the loss still adds ``reg()``.
             check_finite: run `check_finite` after every step (one device sync per step).
 
         Returns:

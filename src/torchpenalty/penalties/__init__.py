@@ -2,6 +2,7 @@
 
 from .base import PENALTIES, GroupStats, Penalty, Sum, combine, known_names, lookup, register
 from .batch import Batch
+from .constraints import Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
 from .elementwise import L1, L2, ElasticNet, Elementwise, Zero, soft_threshold
 from .group import GroupLasso, SparseGroupLasso
 from .spec import parse
@@ -11,13 +12,18 @@ __all__ = [
     "L2",
     "PENALTIES",
     "Batch",
+    "Constraint",
     "ElasticNet",
     "Elementwise",
     "GroupLasso",
     "GroupStats",
+    "MaxNorm",
+    "MinMaxNorm",
+    "NonNeg",
     "Penalty",
     "SparseGroupLasso",
     "Sum",
+    "UnitNorm",
     "Zero",
     "combine",
     "known_names",

@@ -189,6 +189,10 @@ class Penalty(ABC):
         """The terms this penalty adds up (itself, unless it is a `Sum`)."""
         return (self,)
 
+    def constraints(self) -> tuple[Penalty, ...]:
+        """The constraint terms (`constraints.Constraint`) of the penalty, in projection order."""
+        return ()
+
     def elementwise_strengths(self) -> tuple[float, float] | None:
         """``(l1, l2)`` if the penalty is ``l1 * sum|w| + l2/2 * sum(w**2)``, else None."""
         return None
@@ -248,6 +252,11 @@ class Penalty(ABC):
         """``w_i = prox(w_i, step)``."""
         for w in ws:
             w.copy_(self.prox(w, step))
+
+    def project_(self, ws: Tensors, batch: Batch | None = None) -> None:
+        """Project each ``w_i`` onto the penalty's constraints (none: nothing to do)."""
+        for c in self.constraints():
+            c.project_(ws, batch)
 
 
 def _spec_value(value: object) -> str:
@@ -403,12 +412,19 @@ class Sum(Penalty):
             total = total + t.grad(w)
         return total
 
-    def _split_quadratic(self) -> tuple[float, Penalty]:
-        """``(mu, f)`` with ``self = f + mu/2 ||w||^2``, or raise if ``f`` has no closed prox."""
+    def constraints(self) -> tuple[Penalty, ...]:
+        found = [c for t in self.terms for c in t.constraints()]
+        return tuple(sorted(found, key=lambda c: getattr(c, "projection_order", 1)))
+
+    def _split_quadratic(self) -> tuple[float, Penalty | None]:
+        """``(mu, f)`` with ``self = f + mu/2 ||w||^2 + constraints`` (``f`` None: no such term),
+        or raise if ``f`` has no closed prox."""
         strengths = [t.elementwise_strengths() for t in self.terms]
         mu = sum(s[1] for s in strengths if s)
         rest = [
-            _elementwise(s[0], 0.0) if s else t for t, s in zip(self.terms, strengths, strict=True)
+            _elementwise(s[0], 0.0) if s else t
+            for t, s in zip(self.terms, strengths, strict=True)
+            if not t.constraints()
         ]
         rest = [t for t in rest if not t.vanishes]
         if len(rest) > 1:
@@ -416,7 +432,7 @@ class Sum(Penalty):
                 f"the prox of {self!r} has no closed form (more than one non-quadratic term); "
                 "use mode='loss', 'grad' or 'decoupled' instead of 'proximal'"
             )
-        return mu, rest[0]
+        return mu, (rest[0] if rest else None)
 
     def check_prox(self) -> None:
         self._split_quadratic()
@@ -432,10 +448,14 @@ class Sum(Penalty):
         return next((s for t in self.terms if (s := t.group_stats(w, shard)) is not None), None)
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
+        """``prox_f(w / (1 + s mu), s / (1 + s mu))``, then each constraint's projection."""
         step = check_prox_args(w, step)
         mu, f = self._split_quadratic()
         shrink = 1 + step * mu
-        return f.prox(w / shrink, step / shrink)
+        out = w / shrink if f is None else f.prox(w / shrink, step / shrink)
+        for c in self.constraints():
+            out = c.prox(out, step)
+        return out
 
     # fast path: term by term, each with its own kernels (and shard-aware group terms)
     def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
@@ -464,8 +484,11 @@ class Sum(Penalty):
     def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
         mu, f = self._split_quadratic()
         shrink = 1 + step * mu
-        torch._foreach_div_(list(ws), shrink)
-        f.prox_(ws, step / shrink, batch)
+        if mu:
+            torch._foreach_div_(list(ws), shrink)
+        if f is not None:
+            f.prox_(ws, step / shrink, batch)
+        self.project_(ws, batch)
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "terms": [t.get_config() for t in self.terms]}

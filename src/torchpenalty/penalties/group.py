@@ -58,7 +58,7 @@ SCALES = ("none", "sqrt_size")
 GroupSpec = str | Callable[[Tensor], Tensor]
 
 
-def _check_groups(groups: object) -> GroupSpec:
+def check_groups(groups: object) -> GroupSpec:
     if callable(groups):
         return groups
     if isinstance(groups, str) and groups.lower() in GROUPINGS:
@@ -190,6 +190,30 @@ def _spanning_norm(w: Tensor, dims: tuple[int, ...], group: Any) -> tuple[Tensor
     return scale, all_reduce_sum(partial, group).sqrt().to(w.dtype)
 
 
+def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[group_kernels.Layout] | None:
+    """Each whole tensor's `group_kernels.Layout`, or None when one has none (``cols`` of a 1-D
+    tensor, which the eager path refuses; a callable's irregular groups). A callable is called
+    once per shape, outside compiled code, its layout kept by the regularizer's kernels."""
+    if isinstance(groups, str):
+        if groups == "cols" and any(w.ndim < 2 for w in ws):
+            return None
+        return [group_kernels.layout(w, groups) for w in ws]
+    found = batch.kernels.group_layouts
+    layouts = []
+    for w in ws:
+        key = (groups, tuple(w.shape))
+        if key not in found:
+            if torch.compiler.is_compiling():  # finding it reads the indices: a sync
+                return None
+            index = groups(w)
+            shaped = isinstance(index, Tensor) and tuple(index.shape) == tuple(w.shape)
+            found[key] = group_kernels.detect_layout(index) if shaped else None
+        if found[key] is None:
+            return None
+        layouts.append(found[key])
+    return layouts
+
+
 class _GroupBase(Penalty):
     """Shared machinery; subclasses define ``_l1`` and ``_group`` strengths."""
 
@@ -259,7 +283,7 @@ class _GroupBase(Penalty):
         ``(False, None)`` for shards, callable groups, or where the backend stays eager."""
         if batch is None or batch.shards or not group_kernels.supported(ws):
             return False, None
-        layouts = self._layouts(ws, batch)
+        layouts = layouts_of(self.groups, ws, batch)
         if layouts is None:
             return False, None
         like = ws[0]
@@ -276,30 +300,6 @@ class _GroupBase(Penalty):
             args = (*lists(ws), layouts, coefs, *strengths)
             args += tuple(scalar(x, like) for x in extra)
         return group_kernels.run(batch.kernels, mode, ws, *args)
-
-    def _layouts(self, ws: Tensors, batch: Batch) -> list[group_kernels.Layout] | None:
-        """Each tensor's `group_kernels.Layout`, or None when one has none (``cols`` of a 1-D
-        tensor, which the eager path refuses; a callable's irregular groups). A callable is
-        called once per shape, its layout kept by the regularizer's kernels."""
-        groups = self.groups
-        if isinstance(groups, str):
-            if groups == "cols" and any(w.ndim < 2 for w in ws):
-                return None
-            return [group_kernels.layout(w, groups) for w in ws]
-        found = batch.kernels.group_layouts
-        layouts = []
-        for w in ws:
-            key = (groups, tuple(w.shape))
-            if key not in found:
-                if torch.compiler.is_compiling():  # finding it reads the indices: a sync
-                    return None
-                index = groups(w)
-                shaped = isinstance(index, Tensor) and tuple(index.shape) == tuple(w.shape)
-                found[key] = group_kernels.detect_layout(index) if shaped else None
-            if found[key] is None:
-                return None
-            layouts.append(found[key])
-        return layouts
 
     def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         """``sum_i R(w_i)``; for a local shard, this process's share: its elements' L1 and its
@@ -384,7 +384,7 @@ class GroupLasso(_GroupBase):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam", check_strength(self.lam, "lam"))
-        object.__setattr__(self, "groups", _check_groups(self.groups))
+        object.__setattr__(self, "groups", check_groups(self.groups))
         object.__setattr__(self, "scale", _check_scale(self.scale))
 
     @property
@@ -408,7 +408,7 @@ class SparseGroupLasso(_GroupBase):
     def __post_init__(self) -> None:
         object.__setattr__(self, "l1", check_strength(self.l1, "l1"))
         object.__setattr__(self, "group", check_strength(self.group, "group"))
-        object.__setattr__(self, "groups", _check_groups(self.groups))
+        object.__setattr__(self, "groups", check_groups(self.groups))
         object.__setattr__(self, "scale", _check_scale(self.scale))
 
     @property
