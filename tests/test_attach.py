@@ -250,3 +250,40 @@ def test_attach_with_check_finite_stops_at_the_step_that_diverged(model):
         opt.step()
     handle.remove()
     opt.step()  # detached: no check any more
+
+
+def test_decoupled_without_the_learning_rate_is_adamw_with_weight_decay_over_lr():
+    """scale_by_lr=False steps ``w -= lam * w``: AdamW's ``w -= lr * wd * w`` at ``wd = lam / lr``,
+    and it stays ``lam`` when a scheduler changes the lr (checked against the formula)."""
+    torch.manual_seed(0)
+    lam, lr = 1e-2, 0.05
+    ours, theirs = (
+        torch.nn.Linear(4, 3, bias=False).double(),
+        torch.nn.Linear(4, 3, bias=False).double(),
+    )
+    theirs.load_state_dict(ours.state_dict())
+    opt = torch.optim.Adam(ours.parameters(), lr=lr)
+    Regularizer(ours, L2(lam)).attach(opt, mode="decoupled", scale_by_lr=False)
+    ref = torch.optim.AdamW(theirs.parameters(), lr=lr, weight_decay=lam / lr)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    for _ in range(10):
+        for model, optimizer in ((ours, opt), (theirs, ref)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=1e-12, atol=1e-14)
+
+    opt.param_groups[0]["lr"] = 0.0  # a scheduler at zero: the data step stops, the decay does not
+    before = ours.weight.detach().clone()
+    opt.zero_grad(set_to_none=False)
+    opt.step()
+    torch.testing.assert_close(ours.weight.detach(), before * (1 - lam), rtol=1e-14, atol=0)
+
+
+def test_scale_by_lr_is_for_decoupled_mode_only():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="scale_by_lr=False applies to mode='decoupled' only"):
+        Regularizer(model, "l2(1e-3)").attach(opt, mode="grad", scale_by_lr=False)
+    with pytest.raises(TypeError, match="scale_by_lr must be True or False"):
+        Regularizer(model, "l2(1e-3)").attach(opt, mode="decoupled", scale_by_lr="no")

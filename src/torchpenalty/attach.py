@@ -197,7 +197,12 @@ def _signed(loss: Any, value: Any) -> Any:
 
 
 def attach(
-    reg: Regularizer, optimizer: torch.optim.Optimizer, mode: str, *, check_finite: bool = False
+    reg: Regularizer,
+    optimizer: torch.optim.Optimizer,
+    mode: str,
+    *,
+    check_finite: bool = False,
+    scale_by_lr: bool = True,
 ) -> AttachHandle:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
@@ -220,6 +225,13 @@ def attach(
             "decoupled and proximal updates are defined for one gradient per step; use "
             "mode='grad' (the gradient of loss + R at every evaluation) or add reg() to the "
             "closure's loss"
+        )
+    if not isinstance(scale_by_lr, bool):
+        raise TypeError(f"scale_by_lr must be True or False, got {scale_by_lr!r}")
+    if not scale_by_lr and mode != "decoupled":
+        raise ValueError(
+            f"scale_by_lr=False applies to mode='decoupled' only (its step is lam * schedule "
+            f"instead of lr * lam * schedule), got mode={mode!r}"
         )
     plan = _plan(reg, optimizer)
     if mode in ("decoupled", "proximal"):
@@ -262,13 +274,15 @@ def attach(
                     reg._add_grad(s.penalty, s.indices, scale)
 
     def lr_of(opt: torch.optim.Optimizer, group: dict) -> Any:
+        lr = group["lr"] if scale_by_lr else 1.0  # Loshchilov & Hutter's eta_t * lam, no lr
         found_inf = getattr(opt, "found_inf", None)  # a step the fused optimizer will skip
-        return group["lr"] if found_inf is None else group["lr"] * (1 - found_inf)
+        return lr if found_inf is None else lr * (1 - found_inf)
 
     def apply_steps(opt: torch.optim.Optimizer) -> None:
         with torch.no_grad():
             for s in current_plan():
-                reg._apply_step(s.penalty, s.params, lr_of(opt, s.group), mode, s.group["lr"])
+                nominal = s.group["lr"] if scale_by_lr else 1.0
+                reg._apply_step(s.penalty, s.params, lr_of(opt, s.group), mode, nominal)
 
     # With step(closure) the pre-hooks run before the closure computes the gradients (LBFGS,
     # Lightning): the closure is wrapped so the penalty lands after it, exactly as without one.

@@ -9,7 +9,10 @@ Conversions (Keras kernels are PyTorch weights transposed: Dense ``(in, out)``, 
 - ``MaxNorm``, ``UnitNorm``, ``MinMaxNorm`` with their default ``axis=0`` (a Dense kernel's
   per-output-unit norms) or ``axis=[0, ..., k-1]`` (a Conv kernel's: every axis but the last)
   are ours with ``groups="rows"``; any other axis is a `ValueError` naming it;
-- ``NonNeg`` is ``NonNeg``.
+- ``NonNeg`` is ``NonNeg``;
+- ``OrthogonalRegularizer(factor, mode)`` is ``Orthogonal(factor, groups)``: Keras' ``"rows"`` of
+  the ``(in, out)`` kernel are our ``"cols"`` of the ``(out, in)`` weight, its ``"columns"`` our
+  ``"rows"``.
 
 Keras need not be installed: objects are read through ``get_config()`` and their class name.
 """
@@ -21,7 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from .penalties import L1, L2, ElasticNet, MaxNorm, MinMaxNorm, NonNeg, Penalty, UnitNorm, Zero
+from .penalties import (
+    L1,
+    L2,
+    ElasticNet,
+    MaxNorm,
+    MinMaxNorm,
+    NonNeg,
+    Orthogonal,
+    Penalty,
+    UnitNorm,
+    Zero,
+)
 
 
 def _rows(config: Mapping[str, Any], class_name: str) -> str:
@@ -44,6 +58,15 @@ def _strength(config: Mapping[str, Any], key: str, default: float) -> float:
     return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
 
 
+def _orthogonal_groups(mode: object) -> str:
+    """Keras' mode on its ``(in, out)`` kernel as our grouping of the ``(out, in)`` weight."""
+    if mode == "rows":
+        return "cols"
+    if mode == "columns":
+        return "rows"
+    raise ValueError(f"OrthogonalRegularizer(mode={mode!r}): mode must be 'rows' or 'columns'")
+
+
 def _l1l2(l1: float, l2: float) -> Penalty:
     if l1 and l2:
         return ElasticNet(l1, 2 * l2)
@@ -62,6 +85,9 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Any], str], Penalty]] = {
         c.get("min_value", 0.0), c.get("max_value", 1.0), c.get("rate", 1.0), _rows(c, n)
     ),
     "NonNeg": lambda c, n: NonNeg(),
+    "OrthogonalRegularizer": lambda c, n: Orthogonal(
+        _strength(c, "factor", 0.01), _orthogonal_groups(c.get("mode", "rows"))
+    ),
 }
 
 

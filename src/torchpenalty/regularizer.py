@@ -445,7 +445,12 @@ class Regularizer:
 
     # -- optimizer hooks: the same steps at every optimizer.step() -----------------------------
     def attach(
-        self, optimizer: torch.optim.Optimizer, mode: Mode | str, *, check_finite: bool = False
+        self,
+        optimizer: torch.optim.Optimizer,
+        mode: Mode | str,
+        *,
+        check_finite: bool = False,
+        scale_by_lr: bool = True,
     ) -> AttachHandle:
         """Apply the penalty at every ``optimizer.step()`` through its step hooks.
 
@@ -461,6 +466,11 @@ class Regularizer:
                 projected after every step in each mode; ``"loss"`` attaches only that
                 projection (for a penalty with constraints), the loss still adds ``reg()``.
             check_finite: run `check_finite` after every step (one device sync per step).
+            scale_by_lr: decoupled mode only. True (AdamW's convention): the step is
+                ``lr * grad R(w)``, with ``R`` at the schedule's current factor. False
+                (Loshchilov & Hutter's): ``grad R(w)`` alone, so ``w -= lam * factor(t) * w`` for
+                ``L2(lam)``, whatever the learning rate: the decay then follows the
+                regularizer's own schedule, not the optimizer's lr (see the modes guide).
 
         Returns:
             An `AttachHandle`; ``.remove()`` detaches (also a context manager).
@@ -470,7 +480,7 @@ class Regularizer:
                 a mode the optimizer cannot make exact (decoupled/proximal on LBFGS).
         """
         self._refresh()
-        return attach(self, optimizer, mode, check_finite=check_finite)
+        return attach(self, optimizer, mode, check_finite=check_finite, scale_by_lr=scale_by_lr)
 
     # -- reporting and state ----------------------------------------------------------------
     def report(self) -> Report:

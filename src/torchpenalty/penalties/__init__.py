@@ -5,6 +5,7 @@ from .batch import Batch
 from .constraints import Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
 from .elementwise import L1, L2, ElasticNet, Elementwise, Zero, soft_threshold
 from .group import GroupLasso, SparseGroupLasso
+from .orthogonal import Orthogonal
 from .spec import parse
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",
+    "Orthogonal",
     "Penalty",
     "SparseGroupLasso",
     "Sum",
