@@ -32,6 +32,10 @@ from .kernels import Kernels, Tensors, lists, scalar
 GROUPINGS = ("rows", "cols", "tensor")
 #: rows summed per block before the blocks are summed: a column sum read in row-major blocks
 BLOCK_ROWS = 16
+#: rows this short are summed column by column: a reduction per row of a few elements costs a
+#: horizontal reduction each (4-10x the memory floor), while summing the columns vectorizes
+#: across rows (blocks of 16 weights: 1.1-1.9x)
+SHORT_ROWS = 32
 
 
 class Layout(NamedTuple):
@@ -104,6 +108,12 @@ def _sum_sq(v: Tensor, lay: Layout) -> Tensor:
     contiguous read, where reducing the strided outer dim directly is 2-3x slower), folded per
     block."""
     if not lay.cols:
+        width = v.shape[1]
+        if width <= SHORT_ROWS:  # one strided column at a time, each a vectorized pass
+            total = v[:, :1]
+            for j in range(1, width):
+                total = total + v[:, j : j + 1]
+            return total
         return v.sum(dim=1, keepdim=True)
     block = max(d for d in range(1, BLOCK_ROWS + 1) if lay.rows % d == 0)
     columns = v.view(lay.rows // block, block, -1).sum(dim=1).sum(dim=0)
@@ -112,6 +122,12 @@ def _sum_sq(v: Tensor, lay: Layout) -> Tensor:
 
 def _amax(v: Tensor, lay: Layout) -> Tensor:
     if not lay.cols:
+        if v.shape[1] <= SHORT_ROWS:
+            a = v.abs()
+            out = a[:, :1]
+            for j in range(1, v.shape[1]):
+                out = torch.maximum(out, a[:, j : j + 1])
+            return out
         return v.abs().amax(dim=1, keepdim=True)
     return v.abs().amax(dim=0).view(lay.cols, -1).amax(dim=1).view(1, lay.cols)
 
