@@ -31,6 +31,7 @@ from .penalties import Penalty, parse
 from .penalties.base import check_strengths_fit
 from .penalties.batch import Batch
 from .penalty_total import PenaltyTotal, grad_accumulators
+from .references import capture
 from .reporting import Report, build_report
 from .schedules import Schedule, ScheduleLike, factor_at
 from .selection import (
@@ -79,6 +80,19 @@ def _assign(entries: list[Entry], penalty: PenaltyArg, model: nn.Module) -> list
         for i in fresh:
             assigned[i] = pen
     return assigned
+
+
+def _restored(saved: object, fresh: Tensor, name: str) -> Tensor:
+    """A reference from a state dict, laid out like the captured one (``fresh`` if none)."""
+    if saved is None:
+        return fresh
+    if not isinstance(saved, Tensor) or tuple(saved.shape) != tuple(fresh.shape):
+        raise ValueError(
+            f"state['references'][{name!r}] must be a tensor of shape {tuple(fresh.shape)}"
+        )
+    with torch.no_grad():
+        fresh.copy_(saved)
+    return fresh
 
 
 def _check_applies(
@@ -154,6 +168,8 @@ class Regularizer:
         self._params = self._binding.params
         self._sharding = Sharding.of(self._params)
         self._version = 0
+        # w0 of centered penalties (L2-SP): one copy, taken before any step
+        self._references = capture(self._names, self._params, [p for _, p in kept])
         self._set_penalties([p for _, p in kept])
         self._attachments: dict[int, AttachHandle] = {}
 
@@ -224,6 +240,9 @@ class Regularizer:
             bucket.indices.append(i)
             bucket.params.append(param)
         self._buckets = list(groups.values())
+        self._reference_of = {
+            id(p): r for p, r in zip(self._params, self._references, strict=True) if r is not None
+        }
         self._chunks = _loss_chunks(self._buckets, self._params)
         self._bucket_runs = [(b.penalty, b.indices) for b in self._buckets]
         sharded = self._sharding.sharded
@@ -233,7 +252,12 @@ class Regularizer:
         self._version += 1  # attachments rebuild their plans
 
     def _batch(self, params: Sequence[Tensor], kernels: Kernels | None = None) -> Batch:
-        return self._sharding.batch(params, self._kernels if kernels is None else kernels)
+        batch = self._sharding.batch(params, self._kernels if kernels is None else kernels)
+        if not self._reference_of:
+            return batch
+        refs = [self._reference_of.get(id(p)) for p in params]
+        centers = tuple(None if r is None else self._sharding.locals([r])[0] for r in refs)
+        return dataclasses.replace(batch, centers=centers)
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """``(canonical name, parameter)`` of every regularized parameter (the model's current
@@ -493,13 +517,16 @@ class Regularizer:
         """
         self._refresh()
         entries = [
-            (name, param, self._current(pen))
-            for name, param, pen in zip(self._names, self._params, self._penalties, strict=True)
+            (name, param, self._current(pen), ref)
+            for name, param, pen, ref in zip(
+                self._names, self._params, self._penalties, self._references, strict=True
+            )
         ]
         return build_report(entries, self._sharding)
 
     def state_dict(self) -> dict[str, Any]:
-        """Penalties (unscaled), the schedule's step and, for built-in schedules, its config."""
+        """Penalties (unscaled), the schedule's step and, for built-in schedules, its config, and
+        the reference weights of centered penalties (tensors: save with ``torch.save``)."""
         schedule: dict[str, Any] | str | None
         if self.schedule is None:
             schedule = None
@@ -512,6 +539,10 @@ class Regularizer:
             "penalties": {n: p.get_config() for n, p in self.named_penalties()},
             "steps": self.steps,
             "schedule": schedule,
+            # w0 of centered penalties (L2-SP), by name
+            "references": {
+                n: r for n, r in zip(self._names, self._references, strict=True) if r is not None
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -527,6 +558,14 @@ class Regularizer:
             )
         penalties = [Penalty.from_config(saved[n]) for n in self._names]
         _check_applies(self._names, self._params, penalties)
+        saved_refs = state.get("references") or {}
+        if not isinstance(saved_refs, Mapping):
+            raise ValueError("state['references'] must map parameter names to tensors")
+        fresh = capture(self._names, self._params, penalties)  # for centers saved without w0
+        self._references = [
+            None if f is None else _restored(saved_refs.get(n), f, n)
+            for n, f in zip(self._names, fresh, strict=True)
+        ]
         self._set_penalties(penalties)
         schedule = state.get("schedule")
         if schedule == "callable":

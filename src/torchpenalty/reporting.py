@@ -138,19 +138,23 @@ def _zero_units(w: Tensor) -> Tensor:
     return (w.reshape(w.shape[0], -1) != 0).any(dim=1).logical_not().sum().double()
 
 
-def build_report(entries: Sequence[tuple[str, Tensor, Penalty]], sharding: Sharding) -> Report:
-    """The report of ``(name, parameter, penalty at its current strength)`` entries: every figure
-    of every tensor stacked, summed over processes once (`Sharding.reduce`; nothing when
-    unsharded) and copied to the host once. Counts are of exact zeros only."""
+def build_report(
+    entries: Sequence[tuple[str, Tensor, Penalty, Tensor | None]], sharding: Sharding
+) -> Report:
+    """The report of ``(name, parameter, penalty at its current strength, reference w0 or None)``
+    entries: every figure of every tensor stacked, summed over processes once
+    (`Sharding.reduce`; nothing when unsharded) and copied to the host once. Counts are of exact
+    zeros only."""
     stats: list[Tensor] = []
     shapes: list[tuple[int | None, int | None]] = []
     device = None
     with torch.no_grad():
-        for param, w, pen, spec in (
-            (p, sharding.locals([p])[0], pen, sharding.spec(p)) for _, p, pen in entries
+        for param, w, pen, spec, ref in (
+            (p, sharding.locals([p])[0], pen, sharding.spec(p), ref) for _, p, pen, ref in entries
         ):
             device = device or w.device
-            value = pen.total_value([w.detach()], Batch(EAGER, (spec,) if spec else ()))
+            centers = () if ref is None else (sharding.locals([ref])[0],)
+            value = pen.total_value([w.detach()], Batch(EAGER, (spec,) if spec else (), centers))
             group = pen.group_stats(w, spec)
             rows_local = spec is None or spec.dim == 0  # whole rows here: dead units countable
             units = param.shape[0] if param.ndim >= 2 and rows_local else None
@@ -174,7 +178,7 @@ def build_report(entries: Sequence[tuple[str, Tensor, Penalty]], sharding: Shard
             return Report([])
         table = sharding.reduce(torch.stack([s.to(device) for s in stats])).tolist()  # one sync
     rows = []
-    for (name, param, pen), (groups, units), figures in zip(entries, shapes, table, strict=True):
+    for (name, param, pen, _), (groups, units), figures in zip(entries, shapes, table, strict=True):
         value, norm_part, zeros, dead, zero_groups = figures
         rows.append(
             ParameterReport(

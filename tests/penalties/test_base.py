@@ -22,7 +22,9 @@ def test_config_errors():
         Penalty.from_config({"lam": 0.1})
     with pytest.raises(ValueError, match="unknown penalty 'l9'; known penalties: elastic_net"):
         Penalty.from_config({"name": "l9"})
-    with pytest.raises(ValueError, match=r"takes the arguments \['lam'\], got unknown \['l3'\]"):
+    with pytest.raises(
+        ValueError, match=r"takes the arguments \['center', 'lam'\], got unknown \['l3'\]"
+    ):
         Penalty.from_config({"name": "l2", "l3": 0.1})
     with pytest.raises(ValueError, match="not a L1"):
         L1.from_config({"name": "l2", "lam": 0.1})

@@ -15,7 +15,7 @@ does. Keras' ``regularizers.L2(l2)`` has no 1/2 (``l2 * sum(w**2)``), so Keras `
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,8 +24,10 @@ from torch import Tensor
 from .. import kernels
 from .._checks import ArrayLike, check_strength, xp
 from ..kernels import Tensors
+from . import centered
 from .base import Penalty, Scalar, accumulation_dtype, check_input, check_prox_args, register
 from .batch import Batch
+from .centered import Center, Reference, check_center
 
 DEFAULT_STRENGTH = 0.01  # Keras' default for its L1/L2/L1L2 regularizers
 
@@ -53,7 +55,37 @@ def zero_value(w: ArrayLike) -> ArrayLike:
 
 
 class Elementwise(Penalty):
-    """Base of the ``l1 * sum|w| + l2/2 * sum(w**2)`` family; see the module docstring."""
+    """Base of the ``l1 * sum|w| + l2/2 * sum(w**2)`` family; see the module docstring. With a
+    ``center`` (``"init"`` or a mapping of reference tensors) it is ``R(w - w0)``
+    (`torchpenalty.penalties.centered`)."""
+
+    choices: ClassVar = {"center": ("init",)}
+    center: Center
+
+    def params(self) -> dict[str, Any]:
+        out = super().params()
+        if out.get("center", ()) is None:
+            del out["center"]  # uncentered penalties read as they always did
+        return out
+
+    def get_config(self) -> dict[str, Any]:
+        if isinstance(self.center, Reference):
+            raise TypeError(
+                f"{self.name} with reference tensors as its center has no config; use "
+                "center='init' (the reference is then saved by Regularizer.state_dict())"
+            )
+        return super().get_config()
+
+    def _plain(self) -> Penalty:
+        """The same penalty around 0."""
+        return dataclasses.replace(self, center=None)  # type: ignore[type-var]
+
+    def _refuse_centered(self) -> None:
+        if self.center is not None:
+            raise ValueError(
+                f"{self!r} measures w - w0 and needs the reference w0: apply it through a "
+                "Regularizer (which holds w0), or call the uncentered penalty on w - w0"
+            )
 
     @property
     def l1_coef(self) -> float:
@@ -65,6 +97,7 @@ class Elementwise(Penalty):
 
     def value(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
+        self._refuse_centered()
         terms = []
         if self.l1_coef:
             terms.append(self.l1_coef * abs(w).sum())
@@ -76,6 +109,7 @@ class Elementwise(Penalty):
 
     def grad(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
+        self._refuse_centered()
         # only the terms present: 0 * w would turn an infinite weight into NaN
         if self.l1_coef and self.l2_coef:
             return self.l2_coef * w + self.l1_coef * sign(w)
@@ -85,19 +119,24 @@ class Elementwise(Penalty):
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
         step = check_prox_args(w, step)
+        self._refuse_centered()
         out = soft_threshold(w, step * self.l1_coef) if self.l1_coef else w
         if self.l2_coef:
             out = out / (1 + step * self.l2_coef)
         return out if out is not w else w * 1  # never alias the input
 
-    def elementwise_strengths(self) -> tuple[float, float]:
-        return self.l1_coef, self.l2_coef
+    def elementwise_strengths(self) -> tuple[float, float] | None:
+        return None if self.center is not None else (self.l1_coef, self.l2_coef)
 
     # -- fast path: the fused multi-tensor kernels ------------------------------------------------
     def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
+        if self.center is not None:
+            return centered.total_value(self._plain(), self, ws, batch)
         return kernels.value(ws, self.l1_coef, self.l2_coef, _runner(batch))
 
     def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
+        if self.center is not None:
+            return centered.grads(self._plain(), self, ws, scale, batch)
         if self.l1_coef:
             out = torch._foreach_sign(ws)
             torch._foreach_mul_(out, self.l1_coef)
@@ -115,12 +154,21 @@ class Elementwise(Penalty):
         scale: Tensor | None = None,
         batch: Batch | None = None,
     ) -> None:
+        if self.center is not None:
+            centered.add_grad_(self._plain(), self, ws, gs, scale, batch)
+            return
         kernels.add_grad_(ws, gs, self.l1_coef, self.l2_coef, scale, _runner(batch))
 
     def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
+        if self.center is not None:
+            centered.decay_(self._plain(), self, ws, lr, batch)
+            return
         kernels.decay_(ws, lr, self.l1_coef, self.l2_coef, _runner(batch))
 
     def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
+        if self.center is not None:
+            centered.prox_(self._plain(), self, ws, step, batch)
+            return
         kernels.prox_(ws, step, self.l1_coef, self.l2_coef, _runner(batch))
 
 
@@ -134,12 +182,14 @@ class L1(Elementwise):
     """Lasso: value = ``lam * sum|w|``, grad = ``lam * sign(w)``, prox = soft-thresholding."""
 
     lam: float = DEFAULT_STRENGTH
+    center: Center = None
 
     name: ClassVar[str] = "l1"
     keyword_aliases: ClassVar = {"lambd": "lam", "lambda": "lam", "l1": "lam", "alpha": "lam"}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam", check_strength(self.lam, "lam"))
+        object.__setattr__(self, "center", check_center(self.center))
 
     @property
     def l1_coef(self) -> float:
@@ -155,12 +205,14 @@ class L2(Elementwise):
     """
 
     lam: float = DEFAULT_STRENGTH
+    center: Center = None
 
     name: ClassVar[str] = "l2"
     keyword_aliases: ClassVar = {"lambd": "lam", "lambda": "lam", "l2": "lam", "alpha": "lam"}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lam", check_strength(self.lam, "lam"))
+        object.__setattr__(self, "center", check_center(self.center))
 
     @property
     def l2_coef(self) -> float:
@@ -178,6 +230,7 @@ class ElasticNet(Elementwise):
 
     l1: float = DEFAULT_STRENGTH
     l2: float = DEFAULT_STRENGTH
+    center: Center = None
 
     name: ClassVar[str] = "elastic_net"
     aliases: ClassVar[tuple[str, ...]] = ("l1_l2", "l1l2", "elasticnet")
@@ -185,6 +238,7 @@ class ElasticNet(Elementwise):
     def __post_init__(self) -> None:
         object.__setattr__(self, "l1", check_strength(self.l1, "l1"))
         object.__setattr__(self, "l2", check_strength(self.l2, "l2"))
+        object.__setattr__(self, "center", check_center(self.center))
 
     @property
     def l1_coef(self) -> float:
