@@ -5,6 +5,7 @@ loss = criterion(model(x), y) + reg()                 # or reg.attach(opt, mode=
 """
 
 from . import kernels, schedules
+from .activity import ActivityRegularizer
 from .attach import AttachHandle
 from .compaction import compact
 from .keras_interop import from_keras
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "L1",
     "L2",
+    "ActivityRegularizer",
     "AttachHandle",
     "ElasticNet",
     "GroupLasso",
