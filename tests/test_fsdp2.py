@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchpenalty import L1, ElasticNet, GroupLasso, Regularizer, SparseGroupLasso
+from torchpenalty import L1, L2, ElasticNet, GroupLasso, MaxNorm, Regularizer, SparseGroupLasso
 
 from .distributed_helpers import spawn
 
@@ -28,6 +28,9 @@ PENALTIES = [
     GroupLasso(0.3, "tensor"),
     SparseGroupLasso(0.05, 0.3, "cols"),
     L1(0.05) + GroupLasso(0.3, "rows"),
+    MaxNorm(0.5, "cols"),  # a projection whose groups span shards
+    L1(0.01) + MaxNorm(0.5, "rows"),
+    L2(0.3, center="init"),  # the reference w0 is sharded like its parameter
 ]
 
 
@@ -193,7 +196,9 @@ def test_global_figures_match_and_batch_their_collectives(fsdp_results, k):
         assert (a["zero_groups"], a["groups"]) == (b["zero_groups"], b["groups"])
         assert (a["zero_units"], a["units"]) == (b["zero_units"], b["units"])
     _, _, value_calls = step["value"]
-    spanning = PENALTIES[k].__class__.__name__ != "ElasticNet" and "rows" not in repr(PENALTIES[k])
+    spanning = any(
+        t.group_strengths() is not None and t.groups != "rows" for t in PENALTIES[k].summands()
+    )
     # groups that span shards: their largest magnitude (the norm's scale, so tiny groups do not
     # underflow), then their scaled partial sums; two all-reduces for each of the 3 tensors
     per_tensor = 2 * 3 if spanning else 0

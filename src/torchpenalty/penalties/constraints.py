@@ -34,6 +34,7 @@ from torch import Tensor
 
 from .. import group_kernels
 from .._checks import ArrayLike, check_strength, xp
+from ..dtensor import is_dtensor, local
 from ..kernels import Tensors, lists, scalar
 from .base import Penalty, Scalar, accumulation_dtype, check_input, check_prox_args, register
 from .batch import Batch
@@ -124,6 +125,13 @@ class NormConstraint(Constraint):
         raise NotImplementedError
 
     def check_tensor(self, name: str, w: Tensor) -> None:
+        if is_dtensor(w):
+            if callable(self.groups):
+                raise ValueError(
+                    f"{self!r} cannot apply to {name!r}: callable groups are not supported on "
+                    "sharded (FSDP2) parameters"
+                )
+            w = local(w)
         try:
             Grouping(self.groups, "none", w.detach() if w.ndim else w.detach().reshape(1))
         except ValueError as exc:
