@@ -105,3 +105,15 @@ class TestAgainstKeras:
         theirs = sum(dense.losses)
         nn.Sequential(linear)(x)
         torch.testing.assert_close(act(), torch.as_tensor(theirs).detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_low_precision_outputs_are_summed_in_float32():
+    model = mlp()
+    act = ActivityRegularizer(model, {"0": "l2(0.5)"})
+    x = torch.randn(16, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model[0](x)  # bf16 under autocast; the hook records this call too
+    assert h.dtype == torch.bfloat16
+    got = act()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, 0.5 / 2 * h.float().square().sum() / 16)
