@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from torchpenalty import GroupLasso, MaxNorm, MinMaxNorm, Regularizer, SparseGroupLasso, UnitNorm
+from torchpenalty import (
+    GroupLasso,
+    MaxNorm,
+    MinMaxNorm,
+    Regularizer,
+    SparseGroupLasso,
+    UnitNorm,
+    group_kernels,
+)
 from torchpenalty.group_kernels import Layout, detect_layout
 
 pytestmark = pytest.mark.slow  # each case compiles its kernels (a few seconds)
@@ -214,3 +222,17 @@ def test_changing_strengths_and_steps_never_recompiles(spec):
             reg.step()  # a new strength factor
             every_mode(lr)
     assert reg.steps == 3 and reg._kernels.signatures
+
+
+@pytest.mark.parametrize("penalty", PENALTIES[:7], ids=repr)
+def test_loss_mode_reuses_the_forward_norms_and_equals_the_eager_path(penalty):
+    """With every .grad present, the fused forward keeps its group norms and the backward adds
+    into .grad with them (no second norms pass): the same gradients as the eager path."""
+    a, b = model(torch.float32, 1e-30), model(torch.float32, 1e-30)
+    eager = Regularizer(a, penalty, backend="eager")
+    fused = Regularizer(b, penalty, backend="compile")
+    (3.0 * eager()).backward()  # a loss scale, as under GradScaler
+    (3.0 * fused()).backward()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        close(p.grad, q.grad, torch.float32)
+    assert group_kernels._add_grad_norms in fused._kernels.signatures  # the reusing kernel ran

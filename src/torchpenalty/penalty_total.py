@@ -86,7 +86,10 @@ class PenaltyTotal(torch.autograd.Function):
         ctx.accumulators = accumulators
         ws = [w.detach() for w in sharding.locals(tensors)]
         ctx.save_for_backward(*ws)
-        return sharding.total([penalty.total_value(ws, batch)])
+        if accumulators is None:  # no in-place backward: nothing to keep
+            return sharding.total([penalty.total_value(ws, batch)])
+        total, ctx.state = penalty.total_value_with_state(ws, batch)
+        return sharding.total([total])
 
     @staticmethod
     @once_differentiable
@@ -94,7 +97,8 @@ class PenaltyTotal(torch.autograd.Function):
         ws = ctx.saved_tensors
         scale = grad_out.to(ws[0].device)
         if accumulates_in_place(ctx.params, ctx.accumulators):
-            ctx.penalty.add_grad_(ws, [p.grad for p in ctx.params], scale, ctx.batch)
+            gs = [p.grad for p in ctx.params]  # the group norms of the forward, when it kept them
+            ctx.penalty.add_grad_with_state_(ws, gs, scale, ctx.batch, getattr(ctx, "state", None))
             return (None,) * (4 + len(ws))
         grads = ctx.penalty.grads(ws, scale, ctx.batch)
         return (None, None, None, None, *ctx.sharding.like_params(grads, ctx.params))

@@ -228,6 +228,17 @@ class Penalty(ABC):
         dtype = accumulation_dtype(ws[0].dtype)
         return torch.stack([self.value(w).to(dtype) for w in ws]).sum()
 
+    def total_value_with_state(self, ws: Tensors, batch: Batch | None = None) -> tuple[Tensor, Any]:
+        """`total_value`, and what `add_grad_with_state_` may reuse at the same weights (loss
+        mode's forward, then its backward): the group penalties' norms; None by default."""
+        return self.total_value(ws, batch), None
+
+    def add_grad_with_state_(
+        self, ws: Tensors, gs: Tensors, scale: Tensor, batch: Batch | None, state: Any
+    ) -> None:
+        """`add_grad_` at the weights `total_value_with_state` returned ``state`` for."""
+        self.add_grad_(ws, gs, scale, batch)
+
     def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
         """New tensors ``scale * grad R(w_i)``."""
         return [self.grad(w).mul_(scale) for w in ws]

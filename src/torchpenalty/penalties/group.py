@@ -292,6 +292,9 @@ class _GroupBase(Penalty):
         if mode == "add_grad":
             gs, scale = extra
             args: tuple = (*lists(gs, ws), layouts, coefs, *strengths, scalar(scale, like))
+        elif mode == "add_grad_norms":
+            gs, norms, scale = extra
+            args = (*lists(gs, ws), norms, layouts, coefs, *strengths, scalar(scale, like))
         elif mode == "prox":
             (step,) = extra
             t_group, t_l1 = scalar(step * self._group, like), scalar(step * self._l1, like)
@@ -300,6 +303,22 @@ class _GroupBase(Penalty):
             args = (*lists(ws), layouts, coefs, *strengths)
             args += tuple(scalar(x, like) for x in extra)
         return group_kernels.run(batch.kernels, mode, ws, *args)
+
+    def total_value_with_state(self, ws: Tensors, batch: Batch | None = None) -> tuple[Tensor, Any]:
+        ok, out = self._fused("value_norms", ws, batch)
+        if not ok:
+            return self.total_value(ws, batch), None
+        total, norms = out
+        return total.to(accumulation_dtype(ws[0].dtype)), list(norms)
+
+    def add_grad_with_state_(
+        self, ws: Tensors, gs: Tensors, scale: Tensor, batch: Batch | None, state: Any
+    ) -> None:
+        if state is not None:
+            ok, _ = self._fused("add_grad_norms", ws, batch, gs, state, scale)
+            if ok:
+                return
+        self.add_grad_(ws, gs, scale, batch)
 
     def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         """``sum_i R(w_i)``; for a local shard, this process's share: its elements' L1 and its
