@@ -34,29 +34,20 @@ from torch import Tensor
 
 from .. import group_kernels
 from .._checks import ArrayLike, check_strength, xp
-from ..dtensor import is_dtensor, local
 from ..kernels import Tensors, lists, scalar
-from .base import Penalty, Scalar, accumulation_dtype, check_input, check_prox_args, register
+from .base import Penalty, Scalar, check_input, check_prox_args, register
 from .batch import Batch
-from .elementwise import zero_value
-from .group import GROUPINGS, Grouping, GroupSpec, check_groups, layouts_of
+from .elementwise import ZeroGradient
+from .group import GROUPINGS, Grouping, GroupSpec, check_groups, check_groups_apply, layouts_of
 
 
-class Constraint(Penalty):
+class Constraint(ZeroGradient):
     """The indicator of a closed set: value 0, gradient 0, prox = the projection (any step).
     Scaling a constraint (a schedule's factor) leaves it as it is: its arguments are bounds, not
     strengths."""
 
     #: projections of a sum run in this order: elementwise ones (NonNeg) before norm ones
     projection_order: ClassVar[int] = 1
-
-    def value(self, w: ArrayLike) -> ArrayLike:
-        check_input(w)
-        return zero_value(w)
-
-    def grad(self, w: ArrayLike) -> ArrayLike:
-        check_input(w)
-        return xp(w).zeros_like(w)
 
     def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
         check_prox_args(w, step)
@@ -77,25 +68,7 @@ class Constraint(Penalty):
 
     __rmul__ = __mul__
 
-    # -- fast path ---------------------------------------------------------------------------
-    def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
-        return torch.zeros((), dtype=accumulation_dtype(ws[0].dtype), device=ws[0].device)
-
-    def grads(self, ws: Tensors, scale: Scalar, batch: Batch | None = None) -> list[Tensor]:
-        return [torch.zeros_like(w) for w in ws]
-
-    def add_grad_(
-        self,
-        ws: Tensors,
-        gs: Tensors,
-        scale: Tensor | None = None,
-        batch: Batch | None = None,
-    ) -> None:
-        return None
-
-    def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
-        return None
-
+    # -- fast path: nothing to add or decay (`ZeroGradient`); the prox projects ----------
     def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
         self.project_(ws, batch)
 
@@ -125,17 +98,7 @@ class NormConstraint(Constraint):
         raise NotImplementedError
 
     def check_tensor(self, name: str, w: Tensor) -> None:
-        if is_dtensor(w):
-            if callable(self.groups):
-                raise ValueError(
-                    f"{self!r} cannot apply to {name!r}: callable groups are not supported on "
-                    "sharded (FSDP2) parameters"
-                )
-            w = local(w)
-        try:
-            Grouping(self.groups, "none", w.detach() if w.ndim else w.detach().reshape(1))
-        except ValueError as exc:
-            raise ValueError(f"{self!r} cannot apply to {name!r}: {exc}") from None
+        check_groups_apply(self, self.groups, name, w)
 
     def _factor(self, n: Any) -> Any:
         lo, hi, rate = self.bounds()

@@ -249,13 +249,9 @@ class ElasticNet(Elementwise):
         return self.l2
 
 
-@register
-@dataclasses.dataclass(frozen=True, repr=False)
-class Zero(Penalty):
-    """No penalty (spec ``"none"``): value 0, grad 0, prox the identity. The identity of ``+``."""
-
-    name: ClassVar[str] = "none"
-    vanishes: ClassVar[bool] = True
+class ZeroGradient(Penalty):
+    """A penalty with value 0 and gradient 0 everywhere (`Zero`, and the constraints, which act
+    through their prox only): the fast path adds nothing and decays nothing."""
 
     def value(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
@@ -264,13 +260,6 @@ class Zero(Penalty):
     def grad(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
         return xp(w).zeros_like(w)
-
-    def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
-        check_prox_args(w, step)
-        return w * 1
-
-    def __repr__(self) -> str:
-        return "none"
 
     def total_value(self, ws: Tensors, batch: Batch | None = None) -> Tensor:
         return torch.zeros((), dtype=accumulation_dtype(ws[0].dtype), device=ws[0].device)
@@ -289,6 +278,22 @@ class Zero(Penalty):
 
     def decay_(self, ws: Tensors, lr: Scalar, batch: Batch | None = None) -> None:
         pass
+
+
+@register
+@dataclasses.dataclass(frozen=True, repr=False)
+class Zero(ZeroGradient):
+    """No penalty (spec ``"none"``): value 0, grad 0, prox the identity. The identity of ``+``."""
+
+    name: ClassVar[str] = "none"
+    vanishes: ClassVar[bool] = True
+
+    def prox(self, w: ArrayLike, step: Scalar) -> ArrayLike:
+        check_prox_args(w, step)
+        return w * 1
+
+    def __repr__(self) -> str:
+        return "none"
 
     def prox_(self, ws: Tensors, step: Scalar, batch: Batch | None = None) -> None:
         pass

@@ -190,6 +190,22 @@ def _spanning_norm(w: Tensor, dims: tuple[int, ...], group: Any) -> tuple[Tensor
     return scale, all_reduce_sum(partial, group).sqrt().to(w.dtype)
 
 
+def check_groups_apply(penalty: Penalty, groups: GroupSpec, name: str, w: Tensor) -> None:
+    """Raise `ValueError` naming ``penalty`` and parameter ``name`` if ``groups`` cannot group
+    ``w`` (``cols`` of a vector, a callable's wrong shape, a callable on an FSDP2 shard)."""
+    if is_dtensor(w):
+        if callable(groups):
+            raise ValueError(
+                f"{penalty!r} cannot apply to {name!r}: callable groups are not supported on "
+                "sharded (FSDP2) parameters"
+            )
+        w = local(w)
+    try:
+        Grouping(groups, "none", w.detach() if w.ndim else w.detach().reshape(1))
+    except ValueError as exc:
+        raise ValueError(f"{penalty!r} cannot apply to {name!r}: {exc}") from None
+
+
 def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[group_kernels.Layout] | None:
     """Each whole tensor's `group_kernels.Layout`, or None when one has none (``cols`` of a 1-D
     tensor, which the eager path refuses; a callable's irregular groups). A callable is called
@@ -236,17 +252,7 @@ class _GroupBase(Penalty):
         return (self.groups, self.scale), self._l1, self._group
 
     def check_tensor(self, name: str, w: Tensor) -> None:
-        if is_dtensor(w):
-            if callable(self.groups):
-                raise ValueError(
-                    f"{self!r} cannot apply to {name!r}: callable groups are not supported on "
-                    "sharded (FSDP2) parameters"
-                )
-            w = local(w)
-        try:
-            self.grouping(w.detach())
-        except ValueError as exc:
-            raise ValueError(f"{self!r} cannot apply to {name!r}: {exc}") from None
+        check_groups_apply(self, self.groups, name, w)
 
     def value(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
