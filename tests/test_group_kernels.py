@@ -236,3 +236,42 @@ def test_loss_mode_reuses_the_forward_norms_and_equals_the_eager_path(penalty):
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         close(p.grad, q.grad, torch.float32)
     assert group_kernels._add_grad_norms in fused._kernels.signatures  # the reusing kernel ran
+
+
+def kernel_windows(w):
+    """A group per (out, in) kernel window of a conv: 9 weights for 3x3."""
+    return torch.arange(w.numel()).view(w.shape) // w[0, 0].numel()
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [GroupLasso(0.3, kernel_windows), SparseGroupLasso(0.05, 0.3, kernel_windows)],
+    ids=repr,
+)
+def test_kernel_window_groups_equal_the_eager_path(penalty):
+    """3x3 kernel windows: 32 short rows of 9 weights (summed column by column)."""
+
+    def conv():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(4, 8, 3, bias=False))
+        with torch.no_grad():
+            m[0].weight[0, 0] = 0.0  # a zero window
+            m[0].weight[1, 1] = 1e-30  # a tiny one
+        for p in m.parameters():
+            p.grad = torch.randn_like(p)
+        return m
+
+    a, b = conv(), conv()
+    eager = Regularizer(a, penalty, backend="eager", among="all")
+    fused = Regularizer(b, penalty, backend="compile", among="all")
+    eager.add_to_grad_()
+    fused.add_to_grad_()
+    eager.decay_(0.1)
+    fused.decay_(0.1)
+    eager.prox_(0.5)
+    fused.prox_(0.5)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        close(p.grad, q.grad, torch.float32)
+        close(p, q, torch.float32)
+        assert torch.equal(p == 0, q == 0)
+    assert fused._kernels.group_layouts  # the windows were matched to a layout
