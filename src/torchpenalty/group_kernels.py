@@ -92,11 +92,6 @@ def group_dims(groups: str, ndim: int) -> tuple[int, ...]:
     return (0, *range(2, ndim))
 
 
-def group_size(w: Tensor, groups: str) -> int:
-    """Elements per group of ``w``."""
-    return math.prod([w.shape[d] for d in group_dims(groups, w.ndim)])
-
-
 def _acc(w: Tensor) -> Tensor:
     """``w`` in the dtype its figures are computed in: float64 stays, the rest is float32."""
     return w if w.dtype == torch.float64 else w.float()
@@ -196,14 +191,8 @@ def _value(
     l1: Tensor,
     has_l1: bool,
 ) -> Tensor:
-    total = torch.zeros((), dtype=torch.float32, device=ws[0].device)
-    for w, lay, c in zip(ws, layouts, coefs, strict=True):
-        v = _flat(w, lay)
-        part = _norms(v, lay).sum().to(v.dtype) * (group * c)
-        if has_l1:  # reduced like the norms, so that both read w in the same loop
-            part = part + _sum_sq(v.abs(), lay).sum() * l1
-        total = total + part
-    return total
+    # the norms are no output here: the compiled graph keeps only the total
+    return _value_norms(ws, layouts, coefs, group, l1, has_l1)[0]
 
 
 def _grads(
@@ -233,10 +222,8 @@ def _add_grad(
     has_l1: bool,
     scale: Tensor,
 ) -> None:
-    for g, w, lay, c in zip(gs, ws, layouts, coefs, strict=True):
-        v = _flat(w, lay)
-        d = _grad_of(v, lay, group * c, l1, has_l1) * scale
-        g.copy_(_acc(g) + d.reshape(w.shape))
+    norms: list[Tensor | None] = [None] * len(ws)  # computed in the same pass
+    _add_grad_norms(gs, ws, norms, layouts, coefs, group, l1, has_l1, scale)
 
 
 def _decay(
@@ -290,7 +277,8 @@ def _value_norms(
     l1: Tensor,
     has_l1: bool,
 ) -> tuple[Tensor, list[Tensor]]:
-    """`_value`, and each tensor's group norms (for `_add_grad_norms` to reuse: loss mode)."""
+    """The total value, and each tensor's group norms (for `_add_grad_norms` to reuse in loss
+    mode's backward)."""
     total = torch.zeros((), dtype=torch.float32, device=ws[0].device)
     norms = []
     for w, lay, c in zip(ws, layouts, coefs, strict=True):
@@ -307,7 +295,7 @@ def _value_norms(
 def _add_grad_norms(
     gs: list[Tensor],
     ws: list[Tensor],
-    norms: list[Tensor],
+    norms: list[Tensor | None],
     layouts: list[Layout],
     coefs: list[float],
     group: Tensor,
@@ -315,7 +303,8 @@ def _add_grad_norms(
     has_l1: bool,
     scale: Tensor,
 ) -> None:
-    """`_add_grad` with the group norms given: one read-read-write pass, no norms pass."""
+    """``g += scale * grad R(w)``; with the group norms given (loss mode's forward kept them),
+    one read-read-write pass and no norms pass."""
     for g, w, n, lay, c in zip(gs, ws, norms, layouts, coefs, strict=True):
         v = _flat(w, lay)
         d = _grad_of(v, lay, group * c, l1, has_l1, n) * scale

@@ -87,6 +87,7 @@ class PenaltyTotal(torch.autograd.Function):
         ws = [w.detach() for w in sharding.locals(tensors)]
         ctx.save_for_backward(*ws)
         if accumulators is None:  # no in-place backward: nothing to keep
+            ctx.state = None
             return sharding.total([penalty.total_value(ws, batch)])
         total, ctx.state = penalty.total_value_with_state(ws, batch)
         return sharding.total([total])
@@ -98,7 +99,7 @@ class PenaltyTotal(torch.autograd.Function):
         scale = grad_out.to(ws[0].device)
         if accumulates_in_place(ctx.params, ctx.accumulators):
             gs = [p.grad for p in ctx.params]  # the group norms of the forward, when it kept them
-            ctx.penalty.add_grad_with_state_(ws, gs, scale, ctx.batch, getattr(ctx, "state", None))
+            ctx.penalty.add_grad_with_state_(ws, gs, scale, ctx.batch, ctx.state)
             return (None,) * (4 + len(ws))
         grads = ctx.penalty.grads(ws, scale, ctx.batch)
         return (None, None, None, None, *ctx.sharding.like_params(grads, ctx.params))

@@ -70,54 +70,57 @@ def _runs(ws: Tensors) -> list[list[int]]:
     return pack([w.numel() for w in ws], max(w.numel() for w in ws))
 
 
-def _plain_part(batch: Batch | None, run: list[int]) -> Batch | None:
-    """The batch of a run, without centers (the uncentered penalty sees differences)."""
-    if batch is None:
-        return None
-    part = batch.part(run)
-    return Batch(part.kernels, part.shards)
+def _uncentered(part: Batch | None) -> Batch | None:
+    """A run's batch without its centers: the uncentered penalty sees the differences."""
+    return None if part is None else Batch(part.kernels, part.shards)
 
 
 def _each_run(
-    ws: Tensors, batch: Batch | None, who: Penalty, act: Callable[[list[int], list[Tensor]], Any]
+    ws: Tensors,
+    batch: Batch | None,
+    who: Penalty,
+    act: Callable[[list[int], Batch | None, list[Tensor]], Any],
 ) -> list[Any]:
+    """``act(run, its batch, its differences w - w0)`` for each run of at most the largest
+    tensor's size (so no temporary is larger than that)."""
     out = []
     for run in _runs(ws):
         part = batch.part(run) if batch else None
-        out.append(act(run, _differences([ws[i] for i in run], part, who)))
+        out.append(act(run, part, _differences([ws[i] for i in run], part, who)))
     return out
 
 
 def total_value(plain: Penalty, who: Penalty, ws: Tensors, batch: Batch | None) -> Tensor:
-    parts = _each_run(ws, batch, who, lambda run, d: plain.total_value(d, _plain_part(batch, run)))
+    parts = _each_run(ws, batch, who, lambda run, part, d: plain.total_value(d, _uncentered(part)))
     return torch.stack(parts).sum()
 
 
 def grads(plain: Penalty, who: Penalty, ws: Tensors, scale: Scalar, batch: Batch | None):
-    runs = _each_run(ws, batch, who, lambda run, d: plain.grads(d, scale, _plain_part(batch, run)))
-    return [g for run in runs for g in run]
+    def act(run: list[int], part: Batch | None, d: list[Tensor]) -> list[Tensor]:
+        return plain.grads(d, scale, _uncentered(part))
+
+    return [g for run in _each_run(ws, batch, who, act) for g in run]
 
 
 def add_grad_(plain: Penalty, who: Penalty, ws: Tensors, gs: Tensors, scale, batch) -> None:
-    def act(run: list[int], d: list[Tensor]) -> None:
-        plain.add_grad_(d, [gs[i] for i in run], scale, _plain_part(batch, run))
+    def act(run: list[int], part: Batch | None, d: list[Tensor]) -> None:
+        plain.add_grad_(d, [gs[i] for i in run], scale, _uncentered(part))
 
     _each_run(ws, batch, who, act)
 
 
 def decay_(plain: Penalty, who: Penalty, ws: Tensors, lr: Scalar, batch) -> None:
-    def act(run: list[int], d: list[Tensor]) -> None:
-        step = plain.grads(d, lr, _plain_part(batch, run))
-        torch._foreach_sub_([ws[i] for i in run], step)
+    def act(run: list[int], part: Batch | None, d: list[Tensor]) -> None:
+        torch._foreach_sub_([ws[i] for i in run], plain.grads(d, lr, _uncentered(part)))
 
     _each_run(ws, batch, who, act)
 
 
 def prox_(plain: Penalty, who: Penalty, ws: Tensors, step: Scalar, batch) -> None:
-    def act(run: list[int], d: list[Tensor]) -> None:
-        plain.prox_(d, step, _plain_part(batch, run))  # d = prox(w - w0)
-        part = batch.part(run)
-        torch._foreach_add_(d, [part.center(k) for k in range(len(run))])
+    def act(run: list[int], part: Batch | None, d: list[Tensor]) -> None:
+        plain.prox_(d, step, _uncentered(part))  # d = prox(w - w0)
+        assert part is not None  # `_differences` found every center
+        torch._foreach_add_(d, [c for c in part.centers if c is not None])
         torch._foreach_copy_([ws[i] for i in run], d)
 
     _each_run(ws, batch, who, act)
