@@ -176,3 +176,16 @@ def test_bad_bounds_are_value_errors(build, message):
 def test_bounds_must_be_numbers():
     with pytest.raises(TypeError, match="max_value must be a real number"):
         MaxNorm("3")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["eager", "compile"])
+def test_low_precision_projections_round_once(backend):
+    """bf16 weights: norms and factors in float32, one rounding (at most 2^-8 relative over)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32)).to(torch.bfloat16)
+    reg = Regularizer(m, MaxNorm(0.3), backend=backend)
+    with torch.no_grad():
+        m[0].weight.mul_(10)
+    reg.project_()
+    norms = m[0].weight.float().norm(dim=1)
+    assert (norms <= 0.3 * (1 + 2**-8)).all() and (norms >= 0.3 * (1 - 2**-8)).all()
