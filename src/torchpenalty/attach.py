@@ -98,26 +98,35 @@ class AttachHandle:
         return f"AttachHandle(mode={self.mode!r}, optimizer={type(self.optimizer).__name__}{state})"
 
 
-def _group_of(reg: Regularizer, optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """The optimizer param group of each regularized parameter, or raise naming the strays."""
+def _group_of(
+    reg: Regularizer, optimizer: torch.optim.Optimizer, partial: bool = False
+) -> list[dict[str, Any] | None]:
+    """The optimizer param group of each regularized parameter (None: not held, ``partial``
+    only), or raise naming the strays."""
     where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     named = list(reg.named_parameters())
     names = [n for n, p in named if id(p) not in where]
-    if names:
+    if partial and len(names) == len(named):
+        raise ValueError(
+            f"the optimizer {type(optimizer).__name__} holds none of the regularized parameters"
+        )
+    if names and not partial:
         raise ValueError(
             f"regularized parameters are not in the optimizer {type(optimizer).__name__}: "
             f"{', '.join(names)}; pass them to the optimizer (after replacing a model's "
             "parameters, build the optimizer again) or narrow the selection"
         )
-    return [where[id(p)] for _, p in named]
+    return [where.get(id(p)) for _, p in named]
 
 
-def _plan(reg: Regularizer, optimizer: torch.optim.Optimizer) -> list[_Slice]:
-    groups = _group_of(reg, optimizer)
+def _plan(reg: Regularizer, optimizer: torch.optim.Optimizer, partial: bool) -> list[_Slice]:
+    groups = _group_of(reg, optimizer, partial)
     slices: dict[tuple[int, int], _Slice] = {}
     for b_index, bucket in enumerate(reg._buckets):
         for i, p in zip(bucket.indices, bucket.params, strict=True):
             group = groups[i]
+            if group is None:  # held by another optimizer (partial)
+                continue
             key = (b_index, id(group))
             s = slices.setdefault(key, _Slice(bucket.penalty, group, [], []))
             s.indices.append(i)
@@ -203,6 +212,7 @@ def attach(
     *,
     check_finite: bool = False,
     scale_by_lr: bool = True,
+    partial: bool = False,
 ) -> AttachHandle:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
@@ -233,7 +243,7 @@ def attach(
             f"scale_by_lr=False applies to mode='decoupled' only (its step is lam * schedule "
             f"instead of lr * lam * schedule), got mode={mode!r}"
         )
-    plan = _plan(reg, optimizer)
+    plan = _plan(reg, optimizer, partial)
     if mode in ("decoupled", "proximal"):
         missing = [i for i, g in enumerate(optimizer.param_groups) if "lr" not in g]
         if missing:
@@ -256,7 +266,7 @@ def attach(
     def current_plan() -> list[_Slice]:
         reg._refresh()  # follows parameters replaced in the model
         if state.version != reg._version:  # penalties reloaded or parameters rebound
-            state.version, state.plan = reg._version, _plan(reg, optimizer)
+            state.version, state.plan = reg._version, _plan(reg, optimizer, partial)
         return state.plan
 
     # GradScaler leaves `grad_scale` (gradients still scaled) and `found_inf` on optimizers that

@@ -199,9 +199,15 @@ class Regularizer:
     # -- schedule ---------------------------------------------------------------------------
     def step(self) -> None:
         """Advance the strength schedule by one step (done by the first attached optimizer)."""
-        self.steps += 1
+        self.set_step(self.steps + 1)
+
+    def set_step(self, step: int) -> None:
+        """Move the schedule to ``step`` (a resumed run whose framework counts the steps)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an integer >= 0, got {step!r}")
+        self.steps = step
         if self.schedule is not None:
-            self.factor = factor_at(self.schedule, self.steps)
+            self.factor = factor_at(self.schedule, step)
 
     def _warn_if_rounded_away(
         self, penalty: Penalty, params: Sequence[Tensor], lr: object, mode: str
@@ -396,6 +402,18 @@ class Regularizer:
                 ]
             )
 
+    def zero_fraction(self) -> Tensor:
+        """Exact zeros over all regularized elements, as a 0-dim float64 tensor on the
+        parameters' device: no device sync (one all-reduce over processes when sharded), so it
+        can be logged every step; `report` gives the same figure per tensor."""
+        self._refresh()
+        with torch.no_grad():
+            local = self._sharding.locals(self._params)
+            device = local[0].device
+            zeros = [(w == 0).sum().to(device) for w in local]
+            count = self._sharding.total([torch.stack(zeros).sum()])  # int64: exact
+        return count.double() / sum(p.numel() for p in self._params)
+
     # -- 2. gradient ------------------------------------------------------------------------
     def add_to_grad_(self, scale: float | Tensor | torch.amp.GradScaler | None = None) -> None:
         """``p.grad += scale * grad R(p)`` for every regularized ``p``, in place.
@@ -475,6 +493,7 @@ class Regularizer:
         *,
         check_finite: bool = False,
         scale_by_lr: bool = True,
+        partial: bool = False,
     ) -> AttachHandle:
         """Apply the penalty at every ``optimizer.step()`` through its step hooks.
 
@@ -495,6 +514,9 @@ class Regularizer:
                 (Loshchilov & Hutter's): ``grad R(w)`` alone, so ``w -= lam * factor(t) * w`` for
                 ``L2(lam)``, whatever the learning rate: the decay then follows the
                 regularizer's own schedule, not the optimizer's lr (see the modes guide).
+            partial: apply the penalty only to the regularized parameters this optimizer holds
+                (several optimizers, each attached, such as a GAN's two); by default every
+                regularized parameter must be in it.
 
         Returns:
             An `AttachHandle`; ``.remove()`` detaches (also a context manager).
@@ -504,7 +526,14 @@ class Regularizer:
                 a mode the optimizer cannot make exact (decoupled/proximal on LBFGS).
         """
         self._refresh()
-        return attach(self, optimizer, mode, check_finite=check_finite, scale_by_lr=scale_by_lr)
+        return attach(
+            self,
+            optimizer,
+            mode,
+            check_finite=check_finite,
+            scale_by_lr=scale_by_lr,
+            partial=partial,
+        )
 
     # -- reporting and state ----------------------------------------------------------------
     def report(self) -> Report:

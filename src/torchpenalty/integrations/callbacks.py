@@ -1,0 +1,154 @@
+"""What the framework callbacks share, framework-free: their arguments, the regularizer they
+build and attach to every optimizer, the figures they log, and the check that a loss holds it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..attach import ALL_MODES, AttachHandle
+from ..penalty_total import PenaltyTotal
+from ..regularizer import PenaltyArg, Regularizer
+from ..schedules import ScheduleLike
+from ..selection import Among, Rule
+
+#: the keys the callbacks log: the total penalty (loss units) and, in proximal mode, the
+#: fraction of exact zeros among the regularized weights
+PENALTY_KEY = "penalty"
+ZEROS_KEY = "penalty_zero_fraction"
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackSpec:
+    """A callback's arguments, checked at construction: what `build` makes a `Regularizer` of
+    once the framework has the model."""
+
+    penalty: PenaltyArg
+    mode: str
+    include: Rule | None = None
+    exclude: Rule | None = None
+    among: Among = "weights"
+    schedule: ScheduleLike | None = None
+    log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ALL_MODES:
+            raise ValueError(
+                f"mode must be one of {', '.join(map(repr, ALL_MODES))}, got {self.mode!r}"
+            )
+        if not isinstance(self.log, bool):
+            raise TypeError(f"log must be True or False, got {self.log!r}")
+
+    def build(self, model: nn.Module, include: Rule | None = None) -> Regularizer:
+        """The regularizer over ``model``; ``include`` stands in for an unset ``include``."""
+        return Regularizer(
+            model,
+            self.penalty,
+            include=self.include if self.include is not None else include,
+            exclude=self.exclude,
+            among=self.among,
+            schedule=self.schedule,
+        )
+
+
+def base_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The `torch.optim.Optimizer` inside a framework's wrapper (Lightning's
+    ``LightningOptimizer``, accelerate's ``AcceleratedOptimizer``): its step hooks are the ones
+    that run."""
+    seen = 0
+    while seen < 8:  # wrappers of wrappers, never a cycle
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            break
+        optimizer, seen = inner, seen + 1
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"the framework's optimizer {type(optimizer).__name__} is no torch.optim.Optimizer, "
+            "so torchpenalty cannot hook its steps"
+        )
+    return optimizer
+
+
+def attach_all(
+    reg: Regularizer, optimizers: Sequence[torch.optim.Optimizer], mode: str
+) -> list[AttachHandle]:
+    """Attach ``reg`` in ``mode`` to every optimizer holding regularized parameters (each to the
+    ones it holds); raise naming the regularized parameters no optimizer holds, or held twice."""
+    holders: dict[int, int] = {}
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                holders[id(p)] = holders.get(id(p), 0) + 1
+    named = list(reg.named_parameters())
+    strays = [n for n, p in named if id(p) not in holders]
+    if strays:
+        raise ValueError(
+            f"regularized parameters are in no optimizer: {', '.join(strays)}; pass them to an "
+            "optimizer in configure_optimizers or narrow the selection (include=, exclude=)"
+        )
+    twice = [n for n, p in named if holders[id(p)] > 1]
+    if twice:
+        raise ValueError(
+            f"regularized parameters are in several optimizers, so each would apply the penalty: "
+            f"{', '.join(twice)}"
+        )
+    if mode == "loss":  # the loss carries the penalty; constraints still project
+        if not any(pen.constraints() for _, pen in reg.named_penalties()):
+            return []
+    ids = {id(p) for _, p in named}
+    partial = len(optimizers) > 1
+    return [
+        reg.attach(opt, mode, partial=partial)
+        for opt in optimizers
+        if any(id(p) in ids for g in opt.param_groups for p in g["params"])
+    ]
+
+
+def advance_schedule(reg: Regularizer, optimizer: torch.optim.Optimizer) -> Any:
+    """Advance ``reg``'s schedule at every step of ``optimizer`` (the loss mode, where no
+    attachment does it); returns the removable hook."""
+    return optimizer.register_step_post_hook(lambda opt, args, kwargs: reg.step())
+
+
+def figures(reg: Regularizer, mode: str) -> dict[str, Tensor]:
+    """What a callback logs, as 0-dim tensors (no device sync): the penalty and, in proximal
+    mode, the fraction of exact zeros."""
+    out = {PENALTY_KEY: reg.value()}
+    if mode == "proximal":
+        out[ZEROS_KEY] = reg.zero_fraction()
+    return out
+
+
+def _graph_nodes(roots: Iterable[Any]) -> Iterable[Any]:
+    seen: set[int] = set()
+    stack = [r for r in roots if r is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+
+
+def holds_penalty(loss: Tensor) -> bool:
+    """Whether ``loss`` was computed from a regularizer's ``reg()`` (its autograd graph has the
+    penalty's node): one walk over the graph."""
+    backward = PenaltyTotal._backward_cls  # type: ignore[attr-defined]
+    return any(isinstance(node, backward) for node in _graph_nodes([loss.grad_fn]))
+
+
+__all__ = [
+    "PENALTY_KEY",
+    "ZEROS_KEY",
+    "CallbackSpec",
+    "advance_schedule",
+    "attach_all",
+    "base_optimizer",
+    "figures",
+    "holds_penalty",
+]
