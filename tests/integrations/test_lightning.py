@@ -277,11 +277,17 @@ def test_rules_selecting_nothing_fail_at_fit_start():
         trainer(callback).fit(Classifier(callback), loader())
 
 
-def test_the_callback_twice_on_one_trainer():
-    callback = RegularizerCallback(PENALTY)
-    fit = L.Trainer(callbacks=[callback, callback], logger=False, enable_progress_bar=False)
+def test_two_callbacks_on_one_trainer():
+    first, second = RegularizerCallback(PENALTY), RegularizerCallback("l2(1e-3)", mode="grad")
+    fit = L.Trainer(callbacks=[first, second], logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="2 RegularizerCallbacks on one Trainer"):
-        fit.fit(Classifier(callback), loader())
+        fit.fit(Classifier(first), loader())
+
+
+def test_one_callback_twice_on_one_trainer():
+    callback = RegularizerCallback(PENALTY)
+    with pytest.raises(RuntimeError, match="more than one stateful callback"):  # Lightning's
+        L.Trainer(callbacks=[callback, callback], logger=False)
 
 
 def test_loss_mode_without_the_penalty_in_the_loss():

@@ -98,6 +98,12 @@ class RegularizerCallback(pl.Callback):
         return self.spec.mode
 
     @property
+    def state_key(self) -> str:
+        # stable across runs (checkpoints find it again) and distinct for distinct settings, so
+        # two callbacks reach the clear error of `setup` instead of Lightning's key clash
+        return self._generate_state_key(penalty=repr(self.spec.penalty), mode=self.spec.mode)
+
+    @property
     def regularizer(self) -> Regularizer:
         """The regularizer of the current fit (built when the fit starts)."""
         if self._regularizer is None:
