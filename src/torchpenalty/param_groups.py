@@ -28,7 +28,7 @@ def param_groups(
         weight_decay: the selected parameters' ``weight_decay`` (a number >= 0).
         include: rules selecting parameters, as in `torchpenalty.select`.
         exclude: rules removing parameters.
-        among: ``"weights"`` (default) or ``"all"``.
+        among: ``"weights"`` (default), ``"all"`` or a predicate (see `select`).
 
     Returns:
         ``[{"params": selected, "weight_decay": wd}, {"params": others, "weight_decay": 0.0}]``.

@@ -126,7 +126,8 @@ class Regularizer:
             rule matches are not regularized).
         include: rules selecting parameters, as in `torchpenalty.select`.
         exclude: rules removing parameters from the selection.
-        among: ``"weights"`` (default: not biases or normalization parameters) or ``"all"``.
+        among: ``"weights"`` (default: not biases or normalization parameters), ``"all"``, or a
+            predicate ``(name, param, module) -> bool`` (the set the rules start from).
         schedule: a callable ``step -> factor`` multiplying every strength (see
             `torchpenalty.schedules`).
         backend: this regularizer's kernels, ``"auto"``, ``"eager"`` or ``"compile"``; by default

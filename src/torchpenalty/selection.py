@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 Predicate = Callable[[str, nn.Parameter, nn.Module], bool]
 Rule = Union[str, type[nn.Module], nn.Module, Tensor, Predicate, Sequence["Rule"]]  # noqa: UP007
-Among = Literal["weights", "all"]
+#: where a selection starts: the default weights, every parameter, or those a predicate keeps
+Among = Union[Literal["weights", "all"], Predicate]  # noqa: UP007
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
@@ -187,8 +188,13 @@ def select_entries(
         candidates = [e for e in everything if is_weight(e.name, e.param, e.module)]
     elif among == "all":
         candidates = everything
+    elif callable(among):
+        candidates = [e for e in everything if among(e.name, e.param, e.module)]
     else:
-        raise ValueError(f"among must be 'weights' or 'all', got {among!r}")
+        raise ValueError(
+            f"among must be 'weights', 'all' or a predicate (name, param, module) -> bool, "
+            f"got {among!r}"
+        )
 
     if include is not None:
         chosen: list[Entry] = []
@@ -223,7 +229,7 @@ def select_entries(
     return selected, frozen
 
 
-def _nothing_selected(rule: CompiledRule, everything: list[Entry], among: str) -> ValueError:
+def _nothing_selected(rule: CompiledRule, everything: list[Entry], among: Among) -> ValueError:
     outside = [e.name for e in everything if rule.matches(e)]
     if outside and among == "weights":
         return ValueError(
@@ -250,7 +256,8 @@ def select(
             parameters, predicates ``(name, param, module) -> bool``) selecting parameters.
         exclude: rules removing parameters from the selection.
         among: ``"weights"`` (default: ``ndim >= 2``, not biases, not normalization layers, not
-            ``no_weight_decay()`` names) or ``"all"``.
+            ``no_weight_decay()`` names), ``"all"``, or a predicate ``(name, param, module) ->
+            bool`` keeping the parameters to start from (a framework's own decay rule).
 
     Returns:
         A `Selection`: ``[(canonical name, parameter), ...]`` with ``.frozen`` naming the

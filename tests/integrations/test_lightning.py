@@ -302,7 +302,7 @@ def test_decoupled_mode_on_lbfgs_explains_why():
         return torch.optim.LBFGS(params, lr=0.1)
 
     callback = RegularizerCallback(PENALTY, mode="decoupled")
-    with pytest.raises(ValueError, match="evaluates the\\s+closure several times"):
+    with pytest.raises(ValueError, match=r"evaluates the\s+closure several times"):
         trainer(callback).fit(Classifier(callback, optimizer=lbfgs), loader())
 
 

@@ -96,9 +96,9 @@ def attach_all(
             f"regularized parameters are in several optimizers, so each would apply the penalty: "
             f"{', '.join(twice)}"
         )
-    if mode == "loss":  # the loss carries the penalty; constraints still project
-        if not any(pen.constraints() for _, pen in reg.named_penalties()):
-            return []
+    constrained = any(pen.constraints() for _, pen in reg.named_penalties())
+    if mode == "loss" and not constrained:  # the loss carries the penalty
+        return []
     ids = {id(p) for _, p in named}
     partial = len(optimizers) > 1
     return [
@@ -138,7 +138,7 @@ def _graph_nodes(roots: Iterable[Any]) -> Iterable[Any]:
 def holds_penalty(loss: Tensor) -> bool:
     """Whether ``loss`` was computed from a regularizer's ``reg()`` (its autograd graph has the
     penalty's node): one walk over the graph."""
-    backward = PenaltyTotal._backward_cls  # type: ignore[attr-defined]
+    backward = PenaltyTotal._backward_cls
     return any(isinstance(node, backward) for node in _graph_nodes([loss.grad_fn]))
 
 

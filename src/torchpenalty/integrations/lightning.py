@@ -117,7 +117,8 @@ class RegularizerCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        mine = [cb for cb in trainer.callbacks if isinstance(cb, RegularizerCallback)]
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set in Trainer.__init__
+        mine = [cb for cb in callbacks if isinstance(cb, RegularizerCallback)]
         if len(mine) > 1:
             raise ValueError(
                 f"{len(mine)} RegularizerCallbacks on one Trainer would each apply their "
@@ -127,8 +128,7 @@ class RegularizerCallback(pl.Callback):
         for strategy, why in UNSUPPORTED_STRATEGIES.items():
             if isinstance(trainer.strategy, strategy):
                 raise ValueError(
-                    f"RegularizerCallback cannot run under {type(trainer.strategy).__name__}: "
-                    f"{why}"
+                    f"RegularizerCallback cannot run under {type(trainer.strategy).__name__}: {why}"
                 )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
