@@ -131,6 +131,8 @@ class RegularizerCallback(TrainerCallback):
 
         self._detach()  # a train() that raised left its hooks
         model = kwargs.get("model") or trainer.model
+        if not isinstance(model, nn.Module):
+            raise RuntimeError("RegularizerCallback: the Trainer has no model")
         reg = self._build(trainer, model)
         if state.global_step:  # resuming: the schedule continues at the Trainer's step
             if reg.state_dict()["references"]:
