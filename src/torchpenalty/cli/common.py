@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import inspect
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from torchpenalty.experiments import data as datasets
 from torchpenalty.experiments import runner
 from torchpenalty.experiments.results import environment
 from torchpenalty.experiments.runner import Trained
+from torchpenalty.experiments.tensorboard_runs import TensorBoardRuns
 from torchpenalty.experiments.training import (
     Contender,
     TrainConfig,
@@ -135,6 +137,19 @@ def check_setup(
             parser.error(f"--reg {c.label}: {exc}")
 
 
+def check_tensorboard(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--tensorboard DIR`` needs the package and a folder it can write to."""
+    where = getattr(args, "tensorboard", None)
+    if where is None:
+        return
+    if importlib.util.find_spec("tensorboard") is None:
+        parser.error(
+            "--tensorboard needs the tensorboard package: pip install 'torchpenalty[tensorboard]'"
+        )
+    if where.exists() and not where.is_dir():
+        parser.error(f"--tensorboard {where}: not a folder")
+
+
 def output_dir(args: argparse.Namespace, command: str) -> Path:
     """The output folder, created and proven writable before any training, or a one-line
     `CommandError` (a file in the way, a path under a file, no permission)."""
@@ -212,19 +227,28 @@ def train_all(
     *,
     warm_start: bool = False,
 ) -> Trained:
-    """`runner.train_all` with the command's flags: its argv, its resume state, its output."""
-    trained = runner.train_all(
-        data,
-        config,
-        contenders,
-        seed_list,
-        out,
-        argv=args.argv,
-        resume_state=getattr(args, "resume_state", None),
-        progress_bars=show_progress_bars(args),
-        warm_start=warm_start,
-        say=echo,
-    )
+    """`runner.train_all` with the command's flags: its argv, its resume state, its output,
+    its TensorBoard runs."""
+    board = None
+    if getattr(args, "tensorboard", None) is not None:
+        board = TensorBoardRuns(args.tensorboard, [c.label for c in contenders], data.task)
+    try:
+        trained = runner.train_all(
+            data,
+            config,
+            contenders,
+            seed_list,
+            out,
+            argv=args.argv,
+            resume_state=getattr(args, "resume_state", None),
+            progress_bars=show_progress_bars(args),
+            warm_start=warm_start,
+            say=echo,
+            on_history=None if board is None else board.record,
+        )
+    finally:
+        if board is not None:
+            board.close()
     if trained.interrupted:
         echo(f"\ninterrupted: keeping the {len(trained.results)} finished run(s)", file=sys.stderr)
     return trained

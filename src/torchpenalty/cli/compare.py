@@ -54,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         'names or globs to specs, e.g. "0.weight" = "l1(1e-4)"; first match wins',
     )
     flags.add_compact_flag(g)
+    flags.add_tensorboard_flag(g)
     flags.add_run_flags(p)
     p.set_defaults(handler=main, command_parser=p)
 

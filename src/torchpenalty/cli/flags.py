@@ -117,6 +117,17 @@ def add_compact_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tensorboard_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="write one TensorBoard run per contender and seed under DIR, one point per epoch "
+        "(train and validation loss and metric, penalty, weight norm, zeros); needs "
+        "torchpenalty[tensorboard]",
+    )
+
+
 def add_mode_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode", choices=ALL_MODES, default="loss", help="how penalties are applied (default loss)"

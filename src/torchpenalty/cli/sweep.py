@@ -93,6 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="start each strength from the previous one's weights (largest lambda first)",
     )
     flags.add_compact_flag(g)
+    flags.add_tensorboard_flag(g)
     flags.add_run_flags(p)
     p.set_defaults(handler=main, command_parser=p)
 

@@ -47,6 +47,7 @@ def train_all(
     progress_bars: bool = False,
     warm_start: bool = False,
     say: Callable[[str], None] = print,
+    on_history: Callable[[str, int, list[dict[str, Any]]], None] | None = None,
 ) -> Trained:
     """Every contender with every seed, in order; the finished runs are kept when Ctrl-C stops it
     or when a run fails during training (its reason in ``failure``). With ``warm_start`` each run
@@ -55,7 +56,8 @@ def train_all(
 
     After every epoch the whole state, with the ``argv`` that started the run, goes to
     ``out/checkpoint.pt``; ``resume_state`` (a `load_checkpoint`) continues from there to bitwise
-    the same results.
+    the same results. ``on_history(label, seed, history)`` gets each run's epoch records so
+    far after every epoch, and once for a finished run read back from the checkpoint.
     """
     resume = resume_state or {}
     completed: list[dict[str, Any]] = list(resume.get("completed", []))
@@ -83,11 +85,17 @@ def train_all(
             try:
                 if index < len(completed):
                     result = _restored(completed[index], c, seed, data, config)
+                    if on_history is not None:
+                        on_history(c.label, seed, completed[index]["history"])
                 else:
 
-                    def on_epoch(state: dict, index: int = index) -> None:
+                    def on_epoch(
+                        state: dict, index: int = index, label: str = c.label, seed: int = seed
+                    ) -> None:
                         checkpoint["current"] = {"index": index, "state": state}
                         save_checkpoint(out / CHECKPOINT, checkpoint)
+                        if on_history is not None:
+                            on_history(label, seed, state["history"])
 
                     state = pending["state"] if pending and pending["index"] == index else None
                     result = run(

@@ -73,6 +73,8 @@ class EpochRecord:
     zero_fraction: float  # exact zeros among those weights
     zero_units: int  # output units / filters of those weights whose incoming weights are all 0
     zero_groups: float  # all-zero groups of the contender's group penalty (NaN: no groups)
+    # accuracy or MSE on the whole training split, eval mode (NaN in checkpoints from before it)
+    train_metric: float = math.nan
 
 
 @dataclasses.dataclass
@@ -299,7 +301,7 @@ def run(
                 opt.step()
         figures = torch.cat(
             [
-                evaluate(model, x_train, y_train, data, config)[:1],
+                evaluate(model, x_train, y_train, data, config),
                 shown.value().reshape(1).to(device, torch.float32),
                 evaluate(model, *splits[0], data, config),
                 evaluate(model, *splits[1], data, config),
@@ -308,7 +310,7 @@ def run(
         report = weights.report()
         norm = math.sqrt(sum(r.l2_norm**2 for r in report))
         zero_groups = reg.report().zero_groups if reg is not None and grouped else math.nan
-        train_loss, penalty, val_loss, val_metric, test_loss, test_metric = figures
+        train_loss, train_metric, penalty, val_loss, val_metric, test_loss, test_metric = figures
         history.append(
             EpochRecord(
                 epoch,
@@ -322,6 +324,7 @@ def run(
                 report.zero_fraction,
                 report.zero_units,
                 zero_groups,
+                train_metric,
             )
         )
         metric = "acc" if data.task == "classification" else "mse"
@@ -339,9 +342,9 @@ def run(
                 }
             )
         bar.set_postfix(
-            loss=f"{figures[0]:.4g}",
-            penalty=f"{figures[1]:.3g}",
-            **{f"val_{metric}": f"{figures[3]:.4g}"},
+            loss=f"{train_loss:.4g}",
+            penalty=f"{penalty:.3g}",
+            **{f"val_{metric}": f"{val_metric:.4g}"},
         )
     bar.close()
     return RunResult(
