@@ -67,7 +67,10 @@ class RegularizerCallback(pl.Callback):
     Args:
         penalty: a `Penalty`, a spec string, or ``{rule: penalty}`` (see `Regularizer`).
         mode: ``"decoupled"`` (default), ``"grad"``, ``"proximal"`` or ``"loss"``.
-        include, exclude, among, schedule: as in `Regularizer`.
+        include: rules selecting parameters, as in `Regularizer`.
+        exclude: rules removing parameters, as in `Regularizer`.
+        among: where the selection starts, as in `Regularizer`.
+        schedule: a strength schedule, as in `Regularizer` (one step per optimizer step).
         log: log the figures after every training batch.
 
     Raises:

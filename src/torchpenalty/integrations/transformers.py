@@ -57,7 +57,9 @@ class RegularizerCallback(TrainerCallback):
     Args:
         penalty: a `Penalty`, a spec string, or ``{rule: penalty}`` (see `Regularizer`).
         mode: ``"decoupled"`` (default), ``"grad"`` or ``"proximal"``.
-        include, exclude, schedule: as in `Regularizer`.
+        include: rules selecting parameters, as in `Regularizer`.
+        exclude: rules removing parameters, as in `Regularizer`.
+        schedule: a strength schedule, as in `Regularizer` (one step per optimizer step).
         among: ``"trainer"`` (default: the parameters the Trainer's own weight decay applies
             to, `Trainer.get_decay_parameter_names`), or as in `Regularizer`.
         log: add the figures to the Trainer's logs.
