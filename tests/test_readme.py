@@ -34,9 +34,10 @@ def test_readme_has_examples():
     ],
     ids=[name for name, _ in SOURCES],
 )
-def test_readme_example_runs(index, tmp_path):
+def test_readme_example_runs(index, tmp_path, monkeypatch):
     name, code = SOURCES[index]
     if not code.startswith(TORCHRUN):
+        monkeypatch.chdir(tmp_path)  # what an example writes (runs/...) lands in a scratch folder
         exec(compile(code, name, "exec", dont_inherit=True), {})  # not this file's __future__
         return
     script = tmp_path / code.split(",")[0].removeprefix("# ")

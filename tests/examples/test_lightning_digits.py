@@ -11,12 +11,6 @@ pytest.importorskip("lightning")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_digits.py"
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
-    pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated"),
-    pytest.mark.filterwarnings("ignore:`LeafSpec` is deprecated"),
-]
-
 
 def load():
     spec = importlib.util.spec_from_file_location("lightning_digits", EXAMPLE)

@@ -17,13 +17,6 @@ from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 import torchpenalty as tp  # noqa: E402
 from torchpenalty.integrations.lightning import RegularizerCallback  # noqa: E402
 
-# lightning's own advice (few dataloader workers, ...) and its use of a torch API torch deprecates
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
-    pytest.mark.filterwarnings("ignore:`LeafSpec` is deprecated"),
-]
-
 PENALTY = "l1(1e-2) + l2(1e-2)"
 ROWS, BATCH = 48, 12
 
@@ -279,7 +272,7 @@ def test_rules_selecting_nothing_fail_at_fit_start():
 
 def test_two_callbacks_on_one_trainer():
     first, second = RegularizerCallback(PENALTY), RegularizerCallback("l2(1e-3)", mode="grad")
-    fit = L.Trainer(callbacks=[first, second], logger=False, enable_progress_bar=False)
+    fit = L.Trainer(callbacks=[first, second], max_epochs=1, logger=False)
     with pytest.raises(ValueError, match="2 RegularizerCallbacks on one Trainer"):
         fit.fit(Classifier(first), loader())
 
