@@ -287,3 +287,36 @@ def test_scale_by_lr_is_for_decoupled_mode_only():
         Regularizer(model, "l2(1e-3)").attach(opt, mode="grad", scale_by_lr=False)
     with pytest.raises(TypeError, match="scale_by_lr must be True or False"):
         Regularizer(model, "l2(1e-3)").attach(opt, mode="decoupled", scale_by_lr="no")
+
+
+def test_partial_attachments_equal_each_optimizers_weight_decay():
+    """Two optimizers, each holding one layer: ``partial=True`` applies L2 in gradient mode to
+    the parameters each one holds, which is ``weight_decay`` in each."""
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()  # noqa: E731
+    ours, theirs = make(), make()
+    theirs.load_state_dict(ours.state_dict())
+    lam = 0.05
+    opts = [
+        torch.optim.SGD(ours[0].parameters(), lr=0.1, momentum=0.9),
+        torch.optim.Adam(ours[2].parameters(), lr=0.01),
+    ]
+    refs = [
+        torch.optim.SGD(theirs[0].parameters(), lr=0.1, momentum=0.9, weight_decay=lam),
+        torch.optim.Adam(theirs[2].parameters(), lr=0.01, weight_decay=lam),
+    ]
+    reg = Regularizer(ours, L2(lam), among="all")
+    for opt in opts:
+        reg.attach(opt, "grad", partial=True)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    for _ in range(5):
+        for model, optimizers in ((ours, opts), (theirs, refs)):
+            for opt in optimizers:
+                opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            for opt in optimizers:
+                opt.step()
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="holds none of the regularized parameters"):
+        Regularizer(ours[0], L2(lam)).attach(opts[1], "grad", partial=True)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from torchpenalty import L1, L2, ElasticNet, Regularizer
+from torchpenalty.schedules import linear
 
 from .conftest import WEIGHTS, make_model
 
@@ -182,3 +183,25 @@ def test_strengths_that_overflow_the_dtype_are_refused(spec):
     reg = Regularizer(single, "l2")
     with pytest.raises(ValueError, match="overflows its dtype float32"):
         reg.load_state_dict(saved)
+
+
+def test_zero_fraction_counts_exact_zeros_without_a_sync():
+    model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight[:2] = 0.0
+        model[1].weight[0, 0] = 0.0
+    reg = Regularizer(model, L1(1e-3))
+    fraction = reg.zero_fraction()
+    assert isinstance(fraction, torch.Tensor) and fraction.ndim == 0
+    assert fraction.item() == (10 + 1) / (20 + 12) == reg.report().zero_fraction
+
+
+def test_set_step_moves_the_schedule():
+    model = nn.Linear(3, 2)
+    reg = Regularizer(model, L2(1.0), schedule=linear(10))
+    reg.set_step(4)
+    assert reg.steps == 4 and reg.factor == pytest.approx(0.6)
+    reg.step()
+    assert reg.steps == 5 and reg.factor == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="step must be an integer >= 0"):
+        reg.set_step(-1)

@@ -82,6 +82,15 @@ def test_among_all_reaches_biases_and_norms(model):
     assert names(select(model, include="bn.*", among="all")) == ["bn.weight", "bn.bias"]
 
 
+def test_among_a_predicate_is_where_rules_start(model):
+    """A framework's own decay rule (the Hugging Face Trainer's names) as the starting set."""
+    kept = {n for n, _ in select(model, among="all") if n.endswith("bias")}
+    chosen = select(model, among=lambda name, param, module: name in kept)
+    assert {n for n, _ in chosen} == kept
+    first = sorted(kept)[0]
+    assert [n for n, _ in select(model, include=first, among=lambda n, p, m: n in kept)] == [first]
+
+
 def test_canonical_names_through_compile_and_dataparallel(model):
     compiled = torch.compile(model)
     assert names(select(compiled)) == WEIGHTS
@@ -121,7 +130,7 @@ def test_frozen_parameters_are_skipped_and_reported(model):
         ({"include": int}, TypeError, "must be an nn.Module subclass"),
         ({"include": []}, ValueError, "an empty list is not a rule"),
         ({"exclude": nn.Module}, ValueError, "the selection is empty"),
-        ({"among": "biases"}, ValueError, "among must be 'weights' or 'all'"),
+        ({"among": "biases"}, ValueError, "among must be 'weights', 'all' or a predicate"),
     ],
 )
 def test_bad_rules(model, kwargs, error, match):
