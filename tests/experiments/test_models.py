@@ -15,8 +15,19 @@ def digits():
 
 @pytest.mark.parametrize("name", models.MODELS)
 def test_models_map_inputs_to_class_scores(digits, name):
-    model = models.build(name, digits, hidden=(16,), activation="tanh", dropout=0.1)
+    dropout = 0.0 if name == "linear" else 0.1
+    model = models.build(name, digits, hidden=(16,), activation="tanh", dropout=dropout)
     assert model(digits.x_train[:5]).shape == (5, 10)
+    dropped = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropped) == (0 if name == "linear" else 1 if name == "mlp" else 2)
+
+
+def test_dropout_is_never_silently_ignored(digits):
+    with pytest.raises(ValueError, match="dropout needs hidden layers"):
+        models.build("linear", digits, dropout=0.1)
+    # without dropout, the CNN is the same model as ever (same parameters, same names)
+    plain, dropped = (models.build("cnn", digits, dropout=p) for p in (0.0, 0.5))
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in dropped.parameters()]
 
 
 def test_cnn_on_mnist_sized_images():

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left (`| head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

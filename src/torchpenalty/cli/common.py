@@ -6,6 +6,7 @@ import argparse
 import datetime
 import importlib.util
 import inspect
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from torchpenalty.experiments.training import (
     Contender,
     TrainConfig,
     build_model,
+    loss_function,
     make_optimizer,
     optimizer_classes,
 )
@@ -110,11 +112,16 @@ def check_setup(
         raise CommandError(f"the model cannot be built here ({reason[:200]})") from None
     for c in contenders:
         where = f"contender {c.label!r}: "
+        try:  # the contender's own parts: always named
+            net = model if c.dropout is None else build_model(data, config, 0, c.dropout)
+            loss_function(data, config, c.label_smoothing)
+        except ValueError as exc:
+            parser.error(where + str(exc))
         try:
             opt = make_optimizer(
-                config.optimizer,
-                model.parameters(),
-                lr=config.lr,
+                c.optimizer or config.optimizer,
+                net.parameters(),
+                lr=config.lr if c.lr is None else c.lr,
                 momentum=config.momentum,
                 weight_decay=c.weight_decay,
             )
@@ -122,13 +129,13 @@ def check_setup(
             parser.error(str(exc) if len(contenders) == 1 else where + str(exc))
         if c.weight_decay:
             try:  # run() reports the optimizer's decay as L2 on every parameter
-                Regularizer(model, L2(c.weight_decay), among="all")
+                Regularizer(net, L2(c.weight_decay), among="all")
             except ValueError as exc:
                 parser.error(f"--weight-decay {c.weight_decay:g}: {exc}")
-        if c.penalty is None:
+        if c.penalty is None or not c.has_penalty:
             continue
         try:
-            reg = Regularizer(model, c.penalty)
+            reg = Regularizer(net, c.penalty)
             if c.mode != "loss":
                 reg.attach(opt, mode=c.mode).remove()
         except ValueError as exc:
@@ -208,7 +215,13 @@ def data_summary(data: datasets.Dataset) -> dict[str, Any]:
 
 
 def echo(*parts: object, file=None) -> None:
-    print(*parts, file=file or sys.stdout, flush=True)
+    """Print; when the reader of the output has gone (``| head``), the run goes on silently and
+    still writes its files."""
+    stream = file or sys.stdout
+    try:
+        print(*parts, file=stream, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def show_progress_bars(args: argparse.Namespace) -> bool:

@@ -12,13 +12,18 @@ from torchpenalty.experiments import plots
 from torchpenalty.experiments.training import Contender
 
 from . import argtypes, common, flags, pipeline
+from .contender_spec import parse_contender
 
 DEFAULT_REGS = ("none", "l2(1e-3)", "l1(1e-4)")
 DEFAULT_WEIGHT_DECAY = 1e-3
 
 
-def spec_text(text: str) -> str:
-    argtypes.penalty_spec(text)  # validates; the label keeps the user's spelling
+def contender_text(text: str) -> str:
+    """A ``--reg`` value, validated; the label keeps the user's spelling."""
+    try:
+        parse_contender(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"contender {text.strip()!r}: {exc}") from None
     return text.strip()
 
 
@@ -34,9 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--reg",
         action="append",
-        type=spec_text,
+        type=contender_text,
         metavar="SPEC",
-        help="a penalty spec (repeatable): none, l2(1e-4), l1(1e-5) + l2(1e-4), ...",
+        help="a contender (repeatable): a penalty spec (none, l2(1e-4), l1(1e-5) + l2(1e-4)), "
+        "dropout(P), label_smoothing(EPS), or a sum of these (l2(1e-3) + dropout(0.2)); "
+        "@MODE after a penalty overrides --mode for it: l2(1e-2)@decoupled. A contender's "
+        "dropout replaces the model-wide --dropout",
     )
     flags.add_mode_flag(g)
     g.add_argument(
@@ -93,9 +101,19 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
     suffix = "" if args.mode == "loss" else f" [{args.mode}]"
     out = []
     for text in regs or ():
-        penalty = parse(text)
-        label = text if penalty == parse("none") else text + suffix
-        out.append(Contender(label, penalty, args.mode))
+        parsed = parse_contender(text)
+        penalty = parsed.penalty
+        has_penalty = penalty is not None and penalty != parse("none")
+        label = text + suffix if has_penalty and parsed.mode is None else text
+        out.append(
+            Contender(
+                label,
+                penalty,
+                parsed.mode or args.mode,
+                dropout=parsed.dropout,
+                label_smoothing=parsed.label_smoothing,
+            )
+        )
     for wd in decays or ():
         out.append(Contender(f"weight_decay={wd:g}", None, "loss", weight_decay=wd))
     if args.rules is not None:
@@ -118,9 +136,11 @@ def describe(c: Contender) -> dict[str, Any]:
     return {
         "label": c.label,
         "description": c.describe(),
-        "mode": c.mode,
+        "mode": c.mode if c.has_penalty else None,
         "penalty": penalty,
         "weight_decay": c.weight_decay,
+        "dropout": c.dropout,
+        "label_smoothing": c.label_smoothing,
     }
 
 
@@ -133,7 +153,11 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def present(done: pipeline.Finished) -> pipeline.Presentation:
         labels = [s["contender"] for s in done.summary]
         task = done.data.task
+        described = {c.label: c.describe() for c in entrants}
+        for row in done.summary:  # every part of each contender, and its mode
+            row["description"] = described[row["contender"]]
         return pipeline.Presentation(
+            columns=[("applied as", "description", "")],
             fields={"contenders": [describe(c) for c in entrants]},
             figures={
                 "curves.png": lambda path: plots.plot_curves(done.results, labels, task, path),

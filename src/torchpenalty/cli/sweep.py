@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from torchpenalty import Penalty, Zero, parse
+from torchpenalty.attach import ALL_MODES
 from torchpenalty.experiments import plots
 from torchpenalty.experiments.results import metric_name
 from torchpenalty.experiments.training import Contender
@@ -62,6 +63,33 @@ def unit_penalty(text: str) -> Penalty:
     return penalty
 
 
+class PenaltyAndMode(argparse.Action):
+    """``--reg SPEC[@MODE]``: the penalty goes to ``reg``, the mode (None: ``--mode``) to
+    ``reg_mode``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        text, mode = str(values), None
+        if "@" in text:
+            text, _, mode = text.rpartition("@")
+            mode = mode.strip()
+            if mode not in ALL_MODES:
+                parser.error(
+                    f"argument --reg: unknown mode {mode!r} after '@'; one of "
+                    f"{', '.join(ALL_MODES)}"
+                )
+        try:
+            setattr(namespace, self.dest, unit_penalty(text))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument --reg: {exc}")
+        namespace.reg_mode = mode
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sweep",
@@ -73,11 +101,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("regularizer")
     g.add_argument(
         "--reg",
-        type=unit_penalty,
+        action=PenaltyAndMode,
         default=unit_penalty("l2"),
         metavar="SPEC",
         help="a bare name (l2, l1, elastic_net: every strength = lambda) or a spec whose "
-        "strengths lambda multiplies, e.g. 'elastic_net(l1=1, l2=4)' (default l2)",
+        "strengths lambda multiplies, e.g. 'elastic_net(l1=1, l2=4)' (default l2); @MODE "
+        "after it overrides --mode: l1@proximal",
     )
     g.add_argument(
         "--lams",
@@ -95,7 +124,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     flags.add_compact_flag(g)
     flags.add_tensorboard_flag(g)
     flags.add_run_flags(p)
-    p.set_defaults(handler=main, command_parser=p)
+    p.set_defaults(handler=main, command_parser=p, reg_mode=None)
 
 
 def choose(summary: list[dict[str, Any]], task: str) -> dict[str, Any]:
@@ -106,12 +135,12 @@ def choose(summary: list[dict[str, Any]], task: str) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    mode = args.reg_mode or args.mode
     lams = sorted(args.lams, reverse=True) if args.warm_start else list(args.lams)
     labels = strength_labels(lams)
     try:
         entrants = [
-            Contender(label, lam * args.reg, args.mode)
-            for label, lam in zip(labels, lams, strict=True)
+            Contender(label, lam * args.reg, mode) for label, lam in zip(labels, lams, strict=True)
         ]
     except ValueError as exc:  # lambda times a strength of the spec overflows
         parser.error(f"--lams: {exc}")
@@ -134,6 +163,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             ],
             fields={
                 "penalty": repr(args.reg),
+                "mode": mode,
                 "chosen": {
                     "lam": best["lam"],
                     "penalty": repr(best["lam"] * args.reg),
@@ -148,7 +178,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "sweep",
         entrants,
         [
-            f"  sweeping {args.reg!r} x lambda over {len(lams)} strengths, {args.mode} mode"
+            f"  sweeping {args.reg!r} x lambda over {len(lams)} strengths, {mode} mode"
             + (", warm-started" if args.warm_start else "")
         ],
         present,

@@ -28,7 +28,9 @@ def mlp(n_in: int, hidden: Sequence[int], n_out: int, activation: str, dropout: 
 class LeNet(nn.Module):
     """conv-pool-conv-pool-fc-fc-fc, sized for the input image (8x8 digits or 28x28 MNIST)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], n_out: int, activation: str) -> None:
+    def __init__(
+        self, image_shape: tuple[int, int, int], n_out: int, activation: str, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         channels, height, width = image_shape
         act = ACTIVATIONS[activation]
@@ -44,12 +46,18 @@ class LeNet(nn.Module):
         )
         with torch.no_grad():
             n_flat = self.features(torch.zeros(1, *image_shape)).numel()
+
+        def drop() -> list[nn.Module]:  # after each hidden fc layer; none at 0 (same model)
+            return [nn.Dropout(dropout)] if dropout else []
+
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(n_flat, 120),
             act(),
+            *drop(),
             nn.Linear(120, 84),
             act(),
+            *drop(),
             nn.Linear(84, n_out),
         )
 
@@ -71,9 +79,13 @@ def build(
     if name == "mlp":
         return mlp(data.n_features, hidden, data.n_outputs, activation, dropout)
     if name == "linear":
+        if dropout:
+            raise ValueError(
+                "dropout needs hidden layers to drop units of: --model mlp or cnn, not linear"
+            )
         return nn.Linear(data.n_features, data.n_outputs)
     if name == "cnn":
         if data.image_shape is None:
             raise ValueError(f"--model cnn needs image data (digits or mnist), not {data.name}")
-        return LeNet(data.image_shape, data.n_outputs, activation)
+        return LeNet(data.image_shape, data.n_outputs, activation, dropout)
     raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")

@@ -69,17 +69,19 @@ def plot_curves(results: Sequence[RunResult], labels: Sequence[str], task: str, 
 
 
 def plot_weight_histograms(models: Mapping[str, nn.Module], path: Path) -> None:
-    """One panel per weight tensor (the default selection), one histogram per contender."""
+    """One panel per weight tensor (the default selection), one histogram per contender. Panels
+    pair the tensors by position: dropout layers shift a Sequential's names, not its weights."""
     plt = _pyplot()
     first = next(iter(models.values()))
     names = [n for n, _ in select(first)]
+    weights = {label: [p for _, p in select(m)] for label, m in models.items()}
     cols = min(len(names), 3)
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
+    for index, (ax, name) in enumerate(zip(axes.flat, names, strict=False)):
         values = {
-            label: dict(select(m))[name].detach().cpu().double().numpy().ravel()
-            for label, m in models.items()
+            label: tensors[index].detach().cpu().double().numpy().ravel()
+            for label, tensors in weights.items()
         }
         span = max(float(np.abs(v).max()) for v in values.values()) or 1.0
         bins = np.linspace(-span, span, 61)

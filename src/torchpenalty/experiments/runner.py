@@ -151,7 +151,7 @@ def _restored(
             f"checkpoint: corrupt checkpoint: finished run {c.label} (seed {seed}) records "
             f"{len(saved['history'])} epoch(s), not the run's {config.epochs}"
         )
-    model = build_model(data, config, seed)
+    model = build_model(data, config, seed, c.dropout)
     result = RunResult(
         c.label, seed, [EpochRecord(**r) for r in saved["history"]], saved["wall_time"], model
     )

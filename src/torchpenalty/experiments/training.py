@@ -8,6 +8,7 @@ initialisation and sees the same batches in the same order (both follow the seed
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import time
@@ -29,19 +30,40 @@ class ResumeError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Contender:
-    """What is compared: ``penalty`` applied in ``mode``, or the optimizer's ``weight_decay``."""
+    """What is compared: ``penalty`` applied in ``mode``, the optimizer's ``weight_decay``,
+    ``dropout`` (None: the model-wide one of `TrainConfig`) and ``label_smoothing``; an
+    ``optimizer`` and ``lr`` of its own replace `TrainConfig`'s."""
 
     label: str
     penalty: Penalty | Mapping[Any, Any] | None = None
     mode: str = "loss"
     weight_decay: float = 0.0
+    dropout: float | None = None
+    label_smoothing: float = 0.0
+    optimizer: str | None = None
+    lr: float | None = None
+
+    @property
+    def has_penalty(self) -> bool:
+        return self.penalty is not None and self.penalty != Zero()
 
     def describe(self) -> str:
+        """Every part: the penalty and its mode, the optimizer's decay, dropout, smoothing."""
+        parts = []
+        if self.optimizer is not None:
+            lr = "" if self.lr is None else f" lr={self.lr:g}"
+            parts.append(f"{self.optimizer}{lr}")
         if self.weight_decay:
-            return f"torch.optim weight_decay={self.weight_decay:g} (all parameters)"
-        if self.penalty is None or self.penalty == Zero():
-            return "no regularization"
-        return f"{self.penalty!r} in {self.mode} mode"
+            kind = {"adamw": "decoupled, ", "adam": "coupled L2, "}.get(self.optimizer or "", "")
+            parts.append(f"torch.optim weight_decay={self.weight_decay:g} ({kind}all parameters)")
+        if self.has_penalty:
+            parts.append(f"{self.penalty!r} in {self.mode} mode")
+        if self.dropout is not None:
+            parts.append(f"dropout {self.dropout:g}")
+        if self.label_smoothing:
+            parts.append(f"label smoothing {self.label_smoothing:g}")
+        regularized = self.weight_decay or self.has_penalty or self.dropout or self.label_smoothing
+        return " + ".join(parts) if regularized else " + ".join([*parts, "no regularization"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +166,18 @@ def make_optimizer(
 
 
 def loss_function(
-    data: Dataset, config: TrainConfig | None = None
+    data: Dataset, config: TrainConfig | None = None, label_smoothing: float = 0.0
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy, or the mean squared error (halved with ``config.half_squared_error``)."""
+    """Cross-entropy (with ``label_smoothing``, for training), or the mean squared error (halved
+    with ``config.half_squared_error``)."""
     if data.task == "classification":
+        if label_smoothing:
+            return functools.partial(nn.functional.cross_entropy, label_smoothing=label_smoothing)
         return nn.functional.cross_entropy
+    if label_smoothing:
+        raise ValueError(
+            f"label_smoothing needs a classification task; {data.name} is a regression"
+        )
     if config is not None and config.half_squared_error:
         return lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y) / 2
     return lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y)
@@ -179,14 +208,18 @@ def evaluate(
     return torch.stack([total_loss, total_metric]) / max(len(x), 1)
 
 
-def build_model(data: Dataset, config: TrainConfig, seed: int) -> nn.Module:
+def build_model(
+    data: Dataset, config: TrainConfig, seed: int, dropout: float | None = None
+) -> nn.Module:
+    """The model of ``config`` for ``data``; ``dropout`` (a contender's) replaces
+    ``config.dropout``."""
     torch.manual_seed(seed)
     model = models.build(
         config.model,
         data,
         hidden=config.hidden,
         activation=config.activation,
-        dropout=config.dropout,
+        dropout=config.dropout if dropout is None else dropout,
     )
     if config.init_std is not None:
         with torch.no_grad():
@@ -216,7 +249,7 @@ def run(
     from tqdm.auto import tqdm
 
     device = torch.device(config.device)
-    model = build_model(data, config, seed)
+    model = build_model(data, config, seed, contender.dropout)
     if init_state is not None:
         model.load_state_dict(init_state)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -226,9 +259,9 @@ def run(
     ]
 
     opt = make_optimizer(
-        config.optimizer,
+        contender.optimizer or config.optimizer,
         model.parameters(),
-        lr=config.lr,
+        lr=config.lr if contender.lr is None else contender.lr,
         momentum=config.momentum,
         weight_decay=contender.weight_decay,
     )
@@ -245,7 +278,7 @@ def run(
         for (_, param), (_, pen) in zip(reg.named_parameters(), reg.named_penalties(), strict=True)
     )
 
-    loss_fn = loss_function(data, config)
+    loss_fn = loss_function(data, config, contender.label_smoothing)  # evaluation: unsmoothed
     shuffle = torch.Generator().manual_seed(seed)
     history: list[EpochRecord] = []
     first_epoch, elapsed = 1, 0.0
