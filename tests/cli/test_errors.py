@@ -17,7 +17,10 @@ from .helpers import read_results, run_cli
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["compare", "--reg", "l2("], "argument --reg: contender 'l2(': invalid penalty spec 'l2('"),
+        (
+            ["compare", "--reg", "l2("],
+            "argument --reg: contender 'l2(': invalid penalty spec 'l2('",
+        ),
         (["compare", "--reg", "l2(-1)"], "lam must be a finite number >= 0"),
         (["compare", "--epochs", "0"], "argument --epochs: expected a whole number > 0"),
         (["compare", "--lr", "nan"], "argument --lr: expected a finite number >= 0"),
