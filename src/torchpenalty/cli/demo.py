@@ -1,4 +1,5 @@
-"""``torchpenalty demo weight-decay``: d2l.ai's weight-decay experiment, checked.
+"""``torchpenalty demo weight-decay``: d2l.ai's weight-decay experiment, checked (``demo adamw``:
+see `demo_adamw`).
 
 A linear model on 20 rows of a 200-feature regression (``synthetic-linear``), its weight drawn
 from N(0, 1), trained with SGD (lr 0.003, batch 5, 100 epochs) on the book's own loss, the squared
@@ -25,7 +26,8 @@ from torchpenalty.experiments.results import (
 )
 from torchpenalty.experiments.training import Contender, TrainConfig, run
 
-from . import argtypes, common, flags
+from . import argtypes, common, demo_adamw, flags
+from .sweep import lam_grid
 
 EFFECT = 10.0  # the test loss must drop at least this many times with decay
 
@@ -33,24 +35,67 @@ EFFECT = 10.0  # the test loss must drop at least this many times with decay
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="reproduce a classic experiment (weight-decay)",
-        description=__doc__.split("\n\n")[1],
+        help="reproduce a classic experiment (weight-decay, adamw)",
+        description="weight-decay: "
+        + __doc__.split("\n\n")[1]
+        + " adamw: Loshchilov & Hutter's learning rate x weight decay grid on digits, Adam with "
+        "coupled L2 against AdamW's decoupled decay, as two heatmaps.",
     )
-    p.add_argument("experiment", choices=("weight-decay",))
+    p.add_argument("experiment", choices=EXPERIMENTS)
     p.add_argument(
         "--lam",
         type=argtypes.positive_float,
-        default=3.0,
-        help="L2 strength of the regularized run (default 3, as in d2l.ai)",
+        help="weight-decay: L2 strength of the regularized run (default 3, as in d2l.ai)",
     )
-    p.add_argument("--epochs", type=argtypes.positive_int, default=100)
-    p.add_argument("--lr", type=argtypes.positive_float, default=0.003)
+    p.add_argument(
+        "--epochs",
+        type=argtypes.positive_int,
+        help=f"default 100 (weight-decay), {demo_adamw.DEFAULT_EPOCHS} (adamw)",
+    )
+    p.add_argument("--lr", type=argtypes.positive_float, help="weight-decay: default 0.003")
+    p.add_argument(
+        "--lrs",
+        type=lam_grid,
+        help="adamw: the learning rates (START:STOP:NUM or a list; default "
+        f"{','.join(f'{x:g}' for x in demo_adamw.DEFAULT_LRS)})",
+    )
+    p.add_argument(
+        "--decays",
+        type=lam_grid,
+        help="adamw: the weight decays (default "
+        f"{','.join(f'{x:g}' for x in demo_adamw.DEFAULT_DECAYS)})",
+    )
+    p.add_argument(
+        "--seeds",
+        type=argtypes.seed_count,
+        default=1,
+        metavar="K",
+        help="adamw: repeat the grid with K seeds and average",
+    )
     p.add_argument("--seed", type=argtypes.seed_value, default=0)
     flags.add_output_flags(p)
     p.set_defaults(handler=main, command_parser=p)
 
 
+#: each experiment's own flags: given to another, they would be ignored, so they are refused
+OWN_FLAGS = {"weight-decay": ("lam", "lr"), "adamw": ("lrs", "decays")}
+EXPERIMENTS = tuple(OWN_FLAGS)
+
+
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    for experiment, own in OWN_FLAGS.items():
+        for name in own:
+            if experiment != args.experiment and getattr(args, name) is not None:
+                parser.error(f"--{name} applies to demo {experiment}, not {args.experiment}")
+    if args.experiment == "weight-decay" and args.seeds != 1:
+        parser.error("--seeds applies to demo adamw; demo weight-decay runs one seed (--seed)")
+    if args.experiment == "adamw":
+        args.lrs = args.lrs or list(demo_adamw.DEFAULT_LRS)
+        args.decays = args.decays or list(demo_adamw.DEFAULT_DECAYS)
+        return demo_adamw.run_adamw(args, parser)
+    args.lam = 3.0 if args.lam is None else args.lam
+    args.lr = 0.003 if args.lr is None else args.lr
+    args.epochs = args.epochs or 100
     data = datasets.synthetic_linear()
     config = TrainConfig(
         model="linear",

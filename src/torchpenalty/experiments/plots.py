@@ -128,3 +128,56 @@ def plot_sweep(rows: Sequence[dict[str, Any]], task: str, chosen: float, path: P
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_lr_decay_grids(
+    grids: Mapping[str, Mapping[str, np.ndarray]],
+    titles: Mapping[str, str],
+    lrs: Sequence[float],
+    decays: Sequence[float],
+    path: Path,
+) -> None:
+    """Heatmaps of test loss (top) and test accuracy (bottom) over learning rate x weight decay,
+    one column per optimizer, each row on one color scale; the best cell of each panel boxed."""
+    plt = _pyplot()
+    names = list(grids)
+    fig, axes = plt.subplots(2, len(names), figsize=(5.4 * len(names), 8.4), squeeze=False)
+    for row, (field, title, cmap, best) in enumerate(
+        [
+            ("test_loss", "test loss", "viridis_r", np.nanargmin),
+            ("test_metric", "test accuracy", "viridis", np.nanargmax),
+        ]
+    ):
+        low = min(float(np.nanmin(grids[n][field])) for n in names)
+        high = max(float(np.nanmax(grids[n][field])) for n in names)
+        for col, name in enumerate(names):
+            ax, grid = axes[row][col], grids[name][field]
+            image = ax.imshow(grid, cmap=cmap, vmin=low, vmax=high, aspect="auto")
+            for i in range(grid.shape[0]):
+                for j in range(grid.shape[1]):
+                    value = grid[i, j]
+                    text = f"{value:.0%}" if field == "test_metric" else f"{value:.2f}"
+                    shade = (value - low) / ((high - low) or 1.0)  # viridis: light at the top
+                    light = shade > 0.5 if cmap == "viridis" else shade < 0.5
+                    ax.text(
+                        j,
+                        i,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if light else "white",
+                    )
+            top, left = (int(k) for k in np.unravel_index(best(grid), grid.shape))
+            ax.add_patch(
+                plt.Rectangle((left - 0.5, top - 0.5), 1, 1, fill=False, color="red", lw=2)
+            )
+            ax.set_xticks(range(len(decays)), [f"{d:g}" for d in decays], fontsize=8)
+            ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], fontsize=8)
+            ax.set_xlabel("weight decay")
+            ax.set_ylabel("learning rate")
+            ax.set_title(f"{titles[name]}: {title} (box: best cell)")
+            fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
