@@ -144,6 +144,14 @@ def describe(c: Contender) -> dict[str, Any]:
     }
 
 
+def legend(c: Contender) -> tuple[str, str]:
+    """A contender's legend text and line style: solid for penalties and weight decay, dashed
+    for dropout or label smoothing alone, dash-dot for a penalty with either."""
+    other = c.dropout is not None or bool(c.label_smoothing)
+    style = ("-." if c.has_penalty else "--") if other else "-"
+    return (c.label if c.label == c.describe() else f"{c.label}: {c.describe()}"), style
+
+
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         entrants = contenders(args)
@@ -160,7 +168,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             columns=[("applied as", "description", "")],
             fields={"contenders": [describe(c) for c in entrants]},
             figures={
-                "curves.png": lambda path: plots.plot_curves(done.results, labels, task, path),
+                "curves.png": lambda path: plots.plot_curves(
+                    done.results, labels, task, path, {c.label: legend(c) for c in entrants}
+                ),
                 "weights.png": lambda path: plots.plot_weight_histograms(done.models, path),
             },
         )

@@ -36,8 +36,16 @@ def _positive(values: np.ndarray) -> bool:
     return bool(np.all(values > 0))
 
 
-def plot_curves(results: Sequence[RunResult], labels: Sequence[str], task: str, path: Path) -> None:
-    """Train / test loss and test accuracy (or weight norm) per epoch, mean over seeds."""
+def plot_curves(
+    results: Sequence[RunResult],
+    labels: Sequence[str],
+    task: str,
+    path: Path,
+    legends: Mapping[str, tuple[str, str]] | None = None,
+) -> None:
+    """Train / test loss and test accuracy (or weight norm) per epoch, mean over seeds.
+    ``legends`` gives a label its legend text and line style (dropout and label smoothing
+    dashed, so they read apart from the penalties)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     # for regression the test metric is the test loss (MSE): show the weight norm instead
@@ -55,7 +63,9 @@ def plot_curves(results: Sequence[RunResult], labels: Sequence[str], task: str, 
         log = True
         for label in labels:
             epochs, values = _mean_curve(results, label, field)
-            ax.plot(epochs, values, label=label, marker="." if len(epochs) < 30 else None)
+            text, style = (legends or {}).get(label, (label, "-"))
+            marker = "." if len(epochs) < 30 else None
+            ax.plot(epochs, values, style, label=text, marker=marker)
             log = log and _positive(values) and field != "test_metric"
         if log:
             ax.set_yscale("log")
