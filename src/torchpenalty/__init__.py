@@ -27,8 +27,9 @@ from .penalties import (
     parse,
 )
 from .regularizer import Regularizer
-from .reporting import ParameterReport, Report
+from .reporting import ParameterReport, Report, TargetStatus
 from .selection import Selection, select
+from .target import TargetSparsity
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,8 @@ __all__ = [
     "Selection",
     "SparseGroupLasso",
     "Sum",
+    "TargetSparsity",
+    "TargetStatus",
     "UnitNorm",
     "Zero",
     "__version__",

@@ -243,6 +243,11 @@ def attach(
             f"scale_by_lr=False applies to mode='decoupled' only (its step is lam * schedule "
             f"instead of lr * lam * schedule), got mode={mode!r}"
         )
+    if reg.target is not None and mode != "proximal":
+        raise ValueError(
+            f"a Regularizer with a target attaches in mode='proximal' (its zeros are the prox's "
+            f"exact zeros; {mode!r} makes none), got mode={mode!r}"
+        )
     plan = _plan(reg, optimizer, partial)
     if mode in ("decoupled", "proximal"):
         missing = [i for i, g in enumerate(optimizer.param_groups) if "lr" not in g]
@@ -321,6 +326,9 @@ def attach(
         hooks.append(optimizer.register_step_pre_hook(decoupled_hook))
     elif mode == "proximal":  # its prox ends with the projections
         hooks.append(optimizer.register_step_post_hook(proximal_hook))
+        if reg.target is not None:  # counts the prox's zeros, then keeps the frozen ones
+            target = reg.target
+            hooks.append(optimizer.register_step_post_hook(lambda o, a, k: target.after_step()))
     if constrained and mode != "proximal":  # constraints hold after every step, as in Keras
         hooks.append(optimizer.register_step_post_hook(project_hook))
     if check_finite:

@@ -14,6 +14,7 @@ than ``atol``: the compacted model computes the same function, or the unit stays
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from typing import Any, cast
@@ -167,6 +168,73 @@ def _prune_layer(tp: Any, model: nn.Module, graph: Any, layer: Prunable, inputs:
         return False
     group.prune()
     return True
+
+
+@dataclasses.dataclass
+class UnitLayer:
+    """A layer whose output units feed other layers: for unit ``j``, its incoming weights are
+    ``layer.weight[j]`` and each consumer's weights for it are ``consumer.weight[:, index[j]]``
+    (``index``: one row of input indices per unit; flatten maps a channel to several)."""
+
+    name: str
+    layer: Prunable
+    consumers: list[tuple[Prunable, Tensor]]
+
+    @property
+    def units(self) -> int:
+        return self.layer.weight.shape[0]
+
+    def zero_units(self) -> Tensor:
+        """Per unit: its incoming weights are all zero (dead) or every consumer's weights for
+        it are (unused): what `compact` removes. On the weights' device, no sync."""
+        n = self.units
+        dead = (self.layer.weight.detach().reshape(n, -1) == 0).all(dim=1)
+        unused = torch.ones_like(dead)
+        for consumer, index in self.consumers:
+            w = consumer.weight.detach()[:, index.to(consumer.weight.device)]  # (out, n, k, ...)
+            unused &= (w.transpose(0, 1).reshape(n, -1) == 0).all(dim=1)
+        return dead | unused
+
+    def importance(self) -> Tensor:
+        """Per unit: the norm of its incoming weights plus its consumers' weights for it."""
+        n = self.units
+        total = self.layer.weight.detach().reshape(n, -1).double().norm(dim=1)
+        for consumer, index in self.consumers:
+            w = consumer.weight.detach()[:, index.to(consumer.weight.device)]
+            total = total + w.transpose(0, 1).reshape(n, -1).double().norm(dim=1)
+        return total
+
+
+def unit_layers(model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> list[UnitLayer]:
+    """Every Linear / Conv layer (not grouped) whose units other layers consume, found with
+    Torch-Pruning's dependency graph on ``example_inputs`` (traced in eval mode)."""
+    tp = _torch_pruning()
+    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+    root = unwrap(model)
+    training = root.training
+    root.eval()
+    try:
+        with torch.enable_grad():  # Torch-Pruning traces through autograd (no backward)
+            graph = tp.DependencyGraph().build_dependency(root, example_inputs=inputs)
+    finally:
+        root.train(training)
+    found = []
+    for name, layer in root.named_modules():
+        if not isinstance(layer, PRUNABLE) or (
+            not isinstance(layer, nn.Linear) and layer.groups != 1
+        ):
+            continue
+        n = layer.weight.shape[0]
+        linear = isinstance(layer, nn.Linear)
+        out_fn = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
+        full = graph.get_pruning_group(layer, out_fn, idxs=list(range(n)))
+        consumers = [
+            (module, torch.tensor(blocks, dtype=torch.long))
+            for module, blocks in _channel_slices(full, n, {"prune_in_channels"})
+        ]
+        if consumers:
+            found.append(UnitLayer(name, layer, consumers))
+    return found
 
 
 def compact(

@@ -162,6 +162,12 @@ def _expand(coef: Tensor, v: Tensor, lay: Layout) -> Tensor:
     return (coef.view(-1, 1) @ ones).view(1, -1)
 
 
+def _floor(n: Tensor) -> Tensor:
+    """``n`` as a divisor: CPU division treats subnormal divisors as 0 (``0 / 1e-39`` is NaN), so
+    they are raised to the smallest normal number."""
+    return n.clamp(min=torch.finfo(n.dtype).tiny)
+
+
 def _soft(v: Tensor, t: Tensor) -> Tensor:
     return v - v.clamp(-t, t)
 
@@ -172,7 +178,7 @@ def _grad_of(
     """``group * c_g * v_g / ||v_g|| (+ l1 * sign(v))``, 0 in a zero group, NaN in a NaN group;
     ``n``: the group norms, when known already."""
     n = _norms(v, lay) if n is None else n
-    coef = torch.where(n == 0, torch.zeros_like(n), group_c / n)  # float64 for float32 v
+    coef = torch.where(n == 0, torch.zeros_like(n), group_c / _floor(n))  # float64 for float32 v
     out = (v * _expand(coef, v, lay)).to(v.dtype)
     # plain sign: a group holding NaN is NaN through its norm already
     return out + torch.sign(v) * l1 if has_l1 else out
@@ -254,7 +260,7 @@ def _prox(
         u = _soft(v, l1_t) if has_l1 else v
         n = _update_norms(u, lay)
         t = group_t * c
-        factor = torch.where(n <= t, torch.zeros_like(n), (1 - t / n).clamp(min=0))
+        factor = torch.where(n <= t, torch.zeros_like(n), (1 - t / _floor(n)).clamp(min=0))
         w.copy_((u * _expand(factor, u, lay).to(u.dtype)).reshape(w.shape))
 
 
@@ -265,7 +271,7 @@ def _project(ws: list[Tensor], layouts: list[Layout], lo: Tensor, hi: Tensor, ra
         v = _flat(w, lay)
         n = _update_norms(v, lay)
         target = rate * n.clamp(lo, hi) + (1 - rate) * n
-        factor = torch.where(n == 0, torch.ones_like(n), target / n)
+        factor = torch.where(n == 0, torch.ones_like(n), target / _floor(n))
         w.copy_((v * _expand(factor, v, lay)).reshape(w.shape))
 
 

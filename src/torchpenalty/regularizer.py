@@ -42,8 +42,10 @@ from .selection import (
     canonical_name,
     compile_rule,
     select_entries,
+    unwrap,
 )
 from .sharding import Sharding, sum_parts
+from .target import TargetController, TargetSparsity
 
 PenaltyLike = Penalty | str
 PenaltyArg = PenaltyLike | Mapping[Any, PenaltyLike]
@@ -132,6 +134,10 @@ class Regularizer:
             `torchpenalty.schedules`).
         backend: this regularizer's kernels, ``"auto"``, ``"eager"`` or ``"compile"``; by default
             `torchpenalty.kernels.get_backend()` at construction.
+        target: a `TargetSparsity`: attached in proximal mode, the strength is raised until
+            that fraction of units, groups or weights is exactly zero, then the pattern is
+            frozen and the penalty stops (see `torchpenalty.target`); ``reg.target`` is its
+            state.
 
     Raises:
         ValueError: a rule selects nothing, a penalty cannot apply to a parameter (``cols`` of a
@@ -149,6 +155,7 @@ class Regularizer:
         among: Among = "weights",
         schedule: ScheduleLike | None = None,
         backend: Backend | None = None,
+        target: TargetSparsity | None = None,
     ) -> None:
         if schedule is not None and not callable(schedule):
             raise TypeError(
@@ -173,6 +180,11 @@ class Regularizer:
         self._references = capture(self._names, self._params, [p for _, p in kept])
         self._set_penalties([p for _, p in kept])
         self._attachments: dict[int, AttachHandle] = {}
+        self.target: TargetController | None = None
+        if target is not None:
+            self.target = TargetController(
+                target, unwrap(model), self._names, self._params, self._penalties
+            )
 
     @property
     def backend(self) -> str:
@@ -234,8 +246,9 @@ class Regularizer:
         )
 
     def _current(self, penalty: Penalty) -> Penalty:
-        """``penalty`` at the schedule's current factor."""
-        return penalty if self.factor == 1.0 else self.factor * penalty
+        """``penalty`` at the schedule's current factor (and a target's strength multiplier)."""
+        factor = self.factor if self.target is None else self.factor * self.target.strength()
+        return penalty if factor == 1.0 else factor * penalty
 
     # -- structure --------------------------------------------------------------------------
     def _set_penalties(self, penalties: Sequence[Penalty]) -> None:
@@ -285,6 +298,8 @@ class Regularizer:
         """One decoupled (``w -= lr * grad R``) or proximal (``w = prox(w, lr)``) step of
         ``penalty`` at its current strength, on the local shards when sharded. ``nominal_lr`` is
         the group's lr when ``lr`` is an adjusted tensor (for the low-precision warning)."""
+        if self.target is not None and self.target.frozen and not penalty.constraints():
+            return  # the target's pattern is frozen: no penalty any more
         pen = self._current(penalty)
         self._warn_if_rounded_away(pen, params, lr if nominal_lr is None else nominal_lr, mode)
         ws, batch = self._sharding.locals(params), self._batch(params)
@@ -352,6 +367,11 @@ class Regularizer:
             A 0-dim tensor in loss units (float32 or wider).
         """
         self._refresh()
+        if self.target is not None:
+            raise ValueError(
+                "a Regularizer with a target runs through attach(optimizer, mode='proximal'), "
+                "where it counts the zeros after every step; it is not added to a loss"
+            )
         if params is not None and self._sharding.sharded:
             raise ValueError("params= is not supported on FSDP2-sharded parameters")
         tensors = self._params if params is None else self._lookup(params)
@@ -552,7 +572,10 @@ class Regularizer:
                 self._names, self._params, self._penalties, self._references, strict=True
             )
         ]
-        return build_report(entries, self._sharding)
+        report = build_report(entries, self._sharding)
+        if self.target is not None:
+            report.target = self.target.status()
+        return report
 
     def state_dict(self) -> dict[str, Any]:
         """Penalties (unscaled), the schedule's step and, for built-in schedules, its config, and
@@ -573,7 +596,29 @@ class Regularizer:
             "references": {
                 n: r for n, r in zip(self._names, self._references, strict=True) if r is not None
             },
+            **({} if self.target is None else {"target": self.target.state_dict(self._name_of)}),
         }
+
+    def _target_model(self) -> nn.Module:
+        if self.target is None:
+            raise ValueError("this regularizer has no target")
+        return self.target.model
+
+    def _name_of(self, param: Tensor) -> str:
+        """The model's name of one of its parameters (a target's masks may cover unregularized
+        ones, such as the consumers of a unit)."""
+        for name, p in self._target_model().named_parameters():
+            if p is param:
+                return name
+        raise ValueError("a parameter that is not the model's")
+
+    def _param_of(self, name: str) -> Tensor:
+        try:
+            return self._target_model().get_parameter(name)
+        except AttributeError:
+            raise ValueError(
+                f"state_dict['target'] masks a parameter the model lacks: {name}"
+            ) from None
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the penalties saved by `state_dict` (the same parameters must be selected)."""
@@ -608,6 +653,13 @@ class Regularizer:
             self.schedule = Schedule.from_config(schedule)
         self.steps = int(state.get("steps", 0))
         self.factor = 1.0 if self.schedule is None else factor_at(self.schedule, self.steps)
+        if (self.target is None) != ("target" not in state):
+            raise ValueError(
+                "state_dict and regularizer disagree on a target: "
+                + ("the state has one" if self.target is None else "the state has none")
+            )
+        if self.target is not None:
+            self.target.load_state_dict(state["target"], self._param_of)
 
     def __repr__(self) -> str:
         lines = ["Regularizer("]

@@ -39,11 +39,39 @@ class ParameterReport:
         return n
 
 
-class Report:
-    """Rows of `ParameterReport`; ``str(report)`` is a table, `to_dicts` feeds JSON or pandas."""
+@dataclasses.dataclass(frozen=True)
+class TargetStatus:
+    """Where a `TargetSparsity` run stands: the target ``fraction`` of ``of`` by ``by_step``,
+    the fraction of exact zeros now, the strength multiplier (0 once frozen), the optimizer
+    steps counted and the step the pattern froze at (None: not yet)."""
 
-    def __init__(self, rows: list[ParameterReport]) -> None:
+    fraction: float
+    of: str
+    by_step: int
+    reached: float
+    strength: float
+    steps: int
+    frozen_at: int | None
+
+    def __str__(self) -> str:
+        state = (
+            f"frozen at step {self.frozen_at}"
+            if self.frozen_at is not None
+            else f"strength x{self.strength:.3g}"
+        )
+        return (
+            f"target: {self.fraction:.1%} of {self.of} by step {self.by_step}; now "
+            f"{self.reached:.1%} at step {self.steps}, {state}"
+        )
+
+
+class Report:
+    """Rows of `ParameterReport`; ``str(report)`` is a table, `to_dicts` feeds JSON or pandas;
+    ``target`` is a `TargetStatus` when the regularizer has a target."""
+
+    def __init__(self, rows: list[ParameterReport], target: TargetStatus | None = None) -> None:
         self.rows = rows
+        self.target = target
 
     def __iter__(self) -> Iterator[ParameterReport]:
         return iter(self.rows)
@@ -125,6 +153,8 @@ class Report:
         fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*row) for row in body]
+        if self.target is not None:
+            lines.append(str(self.target))
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -271,3 +271,17 @@ def test_report_counts_zero_groups_and_units():
     assert "2/6" in str(rep)
     plain = Regularizer(model, "l2").report().rows[0]
     assert plain.groups is None and plain.zero_units == 2
+
+
+@pytest.mark.parametrize("pen", [GroupLasso(0.0, "cols"), GroupLasso(1e-3, "cols")])
+def test_subnormal_groups_stay_finite(pen):
+    """CPU division treats subnormal divisors as 0 (0 / 1e-39 is NaN): a group of subnormal
+    weights at zero strength (a schedule or a target at 0) kept NaN-free, eager and fused."""
+    w = torch.randn(10, 6)
+    w[:, 2] = 2e-39
+    eager = pen.prox(w.clone(), 0.05)
+    fused = [w.clone()]
+    pen.prox_(fused, 0.05)
+    for out in (eager, fused[0]):
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out[:, 2], w[:, 2] if pen.lam == 0 else torch.zeros(10))

@@ -104,7 +104,10 @@ class NormConstraint(Constraint):
         lo, hi, rate = self.bounds()
         target = rate * xp(n).clip(n, lo, hi) + (1 - rate) * n
         if isinstance(n, Tensor):
-            return torch.where(n == 0, torch.ones_like(n), target / n)
+            # a floor on the divisor: CPU division treats subnormal divisors as 0 (NaN factors)
+            return torch.where(
+                n == 0, torch.ones_like(n), target / n.clamp(min=torch.finfo(n.dtype).tiny)
+            )
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(n == 0, 1, target / np.where(n == 0, 1, n)).astype(n.dtype)
 

@@ -167,7 +167,11 @@ class Grouping:
         t = threshold * self.coef
         n = self.norms
         if self.is_torch:
-            return torch.where(n <= t, 0, (1 - t / n).clamp(min=0))
+            # CPU division treats subnormal divisors as 0 (0 / 1e-39 is NaN): a floor keeps a
+            # subnormal group at zero strength finite
+            return torch.where(
+                n <= t, 0, (1 - t / n.clamp(min=torch.finfo(n.dtype).tiny)).clamp(min=0)
+            )
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return np.where(n <= t, 0, np.maximum(1 - t / n, 0)).astype(n.dtype)
 
