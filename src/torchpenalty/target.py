@@ -2,8 +2,9 @@
 
 ``Regularizer(model, "group_lasso(1e-4, rows)", target=TargetSparsity(0.75, by_step=2000))``,
 attached in proximal mode: every ``check_every`` optimizer steps the controller counts the exact
-zeros (units, groups or weights) and multiplies the penalty's strength by `RAISE` while the count
-lags a linear ramp to the target (reached at `RAMP` of ``by_step``), by `EASE` while it leads.
+zeros (units, groups or weights) and raises the penalty's strength while the count lags a linear
+ramp to the target (reached at `RAMP` of ``by_step``), eases it while the count leads: by a
+factor per check that could grow it `GROWTH`-fold along the ramp, whatever the number of checks.
 Once the count reaches the target it freezes exactly ``round(fraction * total)`` of the zero
 items (the least important ones), keeps them exactly zero after every later step, whatever the
 optimizer's momentum does, and stops penalizing: the surviving weights recover. If ``by_step``
@@ -32,8 +33,8 @@ from .penalties import GroupLasso, Penalty, SparseGroupLasso
 from .reporting import TargetStatus
 
 KINDS = ("units", "groups", "weights")
-#: strength multiplier per check while the zeros lag / lead the ramp
-RAISE, EASE = 1.25, 0.9
+#: how far the strength can rise along the ramp (from the penalty's own strength)
+GROWTH = 1e6
 #: the ramp to the target ends at this fraction of by_step (time to settle before it)
 RAMP = 0.75
 #: checks (each one device sync) on the way to the target
@@ -62,6 +63,13 @@ class TargetSparsity:
     @property
     def check_every(self) -> int:
         return max(1, self.by_step // CHECKS)
+
+    @property
+    def raise_factor(self) -> float:
+        """The strength multiplier per check while the zeros lag the ramp (its inverse square
+        root while they lead)."""
+        checks = max(1.0, RAMP * self.by_step / self.check_every)
+        return float(GROWTH ** (1 / checks))
 
 
 def _group_penalty(pen: Penalty) -> GroupLasso | SparseGroupLasso | None:
@@ -230,7 +238,8 @@ class TargetController:
             self._freeze(count)
         else:
             planned = t.fraction * min(1.0, self.steps / (RAMP * t.by_step))
-            self.scale *= RAISE if self.reached < planned else EASE
+            up = t.raise_factor
+            self.scale *= up if self.reached < planned else up**-0.5
 
     def _freeze(self, keep: int) -> None:
         """Keep ``keep`` of the zero items zero from now on (the least important ones)."""

@@ -29,6 +29,7 @@ from torchpenalty.experiments.training import (
     loss_function,
     make_optimizer,
     optimizer_classes,
+    target_of,
 )
 
 from .argtypes import MAX_SEED
@@ -134,8 +135,13 @@ def check_setup(
                 parser.error(f"--weight-decay {c.weight_decay:g}: {exc}")
         if c.penalty is None or not c.has_penalty:
             continue
+        if c.target is not None and c.mode != "proximal":
+            parser.error(
+                f"{where}--target {c.target[0]}={c.target[1]:g} needs proximal mode (its zeros "
+                f"are the prox's exact zeros): --mode proximal or @proximal, not {c.mode}"
+            )
         try:
-            reg = Regularizer(net, c.penalty)
+            reg = Regularizer(net, c.penalty, target=target_of(c, 1))
             if c.mode != "loss":
                 reg.attach(opt, mode=c.mode).remove()
         except ValueError as exc:

@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     flags.add_compact_flag(g)
     flags.add_tensorboard_flag(g)
     flags.add_run_flags(p)
-    p.set_defaults(handler=main, command_parser=p)
+    p.set_defaults(handler=main, command_parser=p, sparsity_target=None)
 
 
 def load_rules(path: Path) -> dict[str, str]:
@@ -112,12 +112,20 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
                 parsed.mode or args.mode,
                 dropout=parsed.dropout,
                 label_smoothing=parsed.label_smoothing,
+                target=args.sparsity_target,
             )
         )
     for wd in decays or ():
         out.append(Contender(f"weight_decay={wd:g}", None, "loss", weight_decay=wd))
     if args.rules is not None:
-        out.append(Contender(f"rules:{args.rules.name}{suffix}", load_rules(args.rules), args.mode))
+        out.append(
+            Contender(
+                f"rules:{args.rules.name}{suffix}",
+                load_rules(args.rules),
+                args.mode,
+                target=args.sparsity_target,
+            )
+        )
     labels = [c.label for c in out]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:

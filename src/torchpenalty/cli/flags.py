@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 from torchpenalty.attach import ALL_MODES
 from torchpenalty.experiments.models import ACTIVATIONS, MODELS
+from torchpenalty.target import KINDS
 
 from .argtypes import (
     device_name,
@@ -24,6 +26,33 @@ from .argtypes import (
 DEFAULT_MOMENTUM = 0.9
 
 
+class TargetAction(argparse.Action):
+    """``--target``: ``KIND=FRACTION`` (a sparsity target) goes to ``sparsity_target``; anything
+    else is the csv label column (``target``), as before sparsity targets existed."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        text = str(values)
+        kind, eq, fraction = text.partition("=")
+        if not eq or kind.strip() not in KINDS:
+            namespace.target = text
+            return
+        try:
+            value = float(fraction)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < 1:  # NaN too
+            parser.error(
+                f"argument --target: {kind.strip()}= takes a fraction in (0, 1), got {fraction!r}"
+            )
+        namespace.sparsity_target = (kind.strip(), value)
+
+
 def add_data_flags(parser: argparse.ArgumentParser, default: str = "digits") -> None:
     g = parser.add_argument_group("data")
     g.add_argument(
@@ -33,7 +62,16 @@ def add_data_flags(parser: argparse.ArgumentParser, default: str = "digits") -> 
         help="digits (default), synthetic-linear, mnist:PATH (mnist.npz or an IDX "
         "folder), csv:PATH",
     )
-    g.add_argument("--target", metavar="COLUMN", help="label column of csv data")
+    g.add_argument(
+        "--target",
+        action=TargetAction,
+        metavar="COLUMN|KIND=FRACTION",
+        help="csv data: the label column (also --label); or, with units=, groups= or weights=, "
+        "a sparsity target: every penalty contender (in proximal mode) is trained until that "
+        "fraction of hidden units, groups or weights is exactly zero by half the training "
+        "steps, then frozen and fine-tuned (see --compact)",
+    )
+    g.add_argument("--label", dest="target", metavar="COLUMN", help="label column of csv data")
     g.add_argument(
         "--task",
         choices=("auto", "classification", "regression"),

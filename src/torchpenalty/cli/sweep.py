@@ -124,7 +124,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     flags.add_compact_flag(g)
     flags.add_tensorboard_flag(g)
     flags.add_run_flags(p)
-    p.set_defaults(handler=main, command_parser=p, reg_mode=None)
+    p.set_defaults(handler=main, command_parser=p, reg_mode=None, sparsity_target=None)
 
 
 def choose(summary: list[dict[str, Any]], task: str) -> dict[str, Any]:
@@ -140,7 +140,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     labels = strength_labels(lams)
     try:
         entrants = [
-            Contender(label, lam * args.reg, mode) for label, lam in zip(labels, lams, strict=True)
+            Contender(label, lam * args.reg, mode, target=args.sparsity_target)
+            for label, lam in zip(labels, lams, strict=True)
         ]
     except ValueError as exc:  # lambda times a strength of the spec overflows
         parser.error(f"--lams: {exc}")

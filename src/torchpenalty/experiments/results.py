@@ -26,6 +26,7 @@ FINAL_COLUMNS = (
     "zero_fraction",
     "zero_units",
     "zero_groups",
+    "target_reached",
 )
 
 
@@ -87,6 +88,11 @@ def format_table(
         *(
             [("zero groups", "zero_groups", ".4g")]
             if any(not math.isnan(r["zero_groups"]) for r in summary)
+            else []
+        ),
+        *(
+            [("target reached", "target_reached", ".1%")]
+            if any(not math.isnan(r.get("target_reached", math.nan)) for r in summary)
             else []
         ),
         *extra,

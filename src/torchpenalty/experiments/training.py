@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchpenalty import L2, Penalty, Regularizer, Zero
+from torchpenalty import L2, Penalty, Regularizer, TargetSparsity, Zero
 
 from . import models
 from .data import Dataset
@@ -42,6 +42,8 @@ class Contender:
     label_smoothing: float = 0.0
     optimizer: str | None = None
     lr: float | None = None
+    #: ``(of, fraction)`` of a `TargetSparsity` reached by half the training steps
+    target: tuple[str, float] | None = None
 
     @property
     def has_penalty(self) -> bool:
@@ -62,6 +64,8 @@ class Contender:
             parts.append(f"dropout {self.dropout:g}")
         if self.label_smoothing:
             parts.append(f"label smoothing {self.label_smoothing:g}")
+        if self.target is not None and self.has_penalty:
+            parts.append(f"target {self.target[1]:.0%} of {self.target[0]}")
         regularized = self.weight_decay or self.has_penalty or self.dropout or self.label_smoothing
         return " + ".join(parts) if regularized else " + ".join([*parts, "no regularization"])
 
@@ -97,6 +101,8 @@ class EpochRecord:
     zero_groups: float  # all-zero groups of the contender's group penalty (NaN: no groups)
     # accuracy or MSE on the whole training split, eval mode (NaN in checkpoints from before it)
     train_metric: float = math.nan
+    # the fraction of zero units / groups / weights a target counts (NaN: no target)
+    target_reached: float = math.nan
 
 
 @dataclasses.dataclass
@@ -208,6 +214,15 @@ def evaluate(
     return torch.stack([total_loss, total_metric]) / max(len(x), 1)
 
 
+def target_of(contender: Contender, steps: int) -> TargetSparsity | None:
+    """The contender's `TargetSparsity` over a run of ``steps`` optimizer steps: reached by half
+    of them, so the other half trains the smaller model."""
+    if contender.target is None or not contender.has_penalty:
+        return None
+    of, fraction = contender.target
+    return TargetSparsity(fraction, of=of, by_step=max(1, steps // 2))
+
+
 def build_model(
     data: Dataset, config: TrainConfig, seed: int, dropout: float | None = None
 ) -> nn.Module:
@@ -267,7 +282,8 @@ def run(
     )
     reg = None
     if contender.penalty is not None and contender.penalty != Zero():
-        reg = Regularizer(model, contender.penalty)
+        steps = config.epochs * -(-len(x_train) // config.batch_size)
+        reg = Regularizer(model, contender.penalty, target=target_of(contender, steps))
         if contender.mode != "loss":
             reg.attach(opt, mode=contender.mode)
     # Figures every contender reports alike: the optimizer's own decay is L2 on all parameters.
@@ -343,6 +359,7 @@ def run(
         report = weights.report()
         norm = math.sqrt(sum(r.l2_norm**2 for r in report))
         zero_groups = reg.report().zero_groups if reg is not None and grouped else math.nan
+        reached = reg.target.status().reached if reg is not None and reg.target else math.nan
         train_loss, train_metric, penalty, val_loss, val_metric, test_loss, test_metric = figures
         history.append(
             EpochRecord(
@@ -358,6 +375,7 @@ def run(
                 report.zero_units,
                 zero_groups,
                 train_metric,
+                reached,
             )
         )
         metric = "acc" if data.task == "classification" else "mse"
