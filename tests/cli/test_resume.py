@@ -15,6 +15,9 @@ import torch
 
 from .helpers import run_cli
 
+#: long enough that the second contender is caught mid-run by a poll every 50 ms (an epoch here
+#: takes tens of milliseconds), short enough to keep the test near 20 s
+EPOCHS = 80
 ARGS = [
     "compare",
     "--quiet",
@@ -23,7 +26,7 @@ ARGS = [
     "--train-size",
     "300",
     "--epochs",
-    "200",
+    str(EPOCHS),
     "--reg",
     "none",
     "--reg",
@@ -63,7 +66,7 @@ def test_a_killed_run_resumes_to_the_same_weights_and_numbers(tmp_path):
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
     state = torch.load(checkpoint, weights_only=True)  # loads as plain tensors and containers
-    assert len(state["completed"]) == 1 and state["current"]["state"]["epoch"] < 200
+    assert len(state["completed"]) == 1 and state["current"]["state"]["epoch"] < EPOCHS
     assert not (tmp_path / "killed" / "results.json").exists()
 
     resumed = cli("compare", "--resume", checkpoint, "--quiet")
