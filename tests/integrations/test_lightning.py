@@ -5,8 +5,11 @@ checkpoint; logging and bad input."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
@@ -16,6 +19,8 @@ from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 
 import torchpenalty as tp  # noqa: E402
 from torchpenalty.integrations.lightning import RegularizerCallback  # noqa: E402
+
+from ..distributed_helpers import spawn  # noqa: E402
 
 PENALTY = "l1(1e-2) + l2(1e-2)"
 ROWS, BATCH = 48, 12
@@ -235,27 +240,37 @@ class RankRows(torch.utils.data.Sampler):
         return ROWS // 2
 
 
-def _ddp_fit():
-    """ddp_spawn brings rank 0's weights back to this process."""
+def _ddp_worker(rank: int, init: str, out: str) -> None:
+    """One of 2 processes launched here, not by Lightning (``spawn`` survives gloo's teardown
+    abort): Lightning finds the process group initialized and the ranks in the environment."""
+    torch.set_num_threads(1)
+    os.environ.update(
+        LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2", NODE_RANK="0", MASTER_ADDR="127.0.0.1"
+    )
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
     callback = RegularizerCallback(PENALTY, mode="proximal")
     model = Classifier(callback)
-    strategy = DDPStrategy(process_group_backend="gloo", start_method="spawn")
     x, y = data()
     rows = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y), batch_size=BATCH // 2, sampler=RankRows()
     )
+    strategy = DDPStrategy(process_group_backend="gloo")
     fit = trainer(callback, devices=2, strategy=strategy, use_distributed_sampler=False)
     fit.fit(model, rows)
-    return model
+    weights = {n: p.detach().clone() for n, p in model.net.named_parameters()}
+    torch.save(weights, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_ddp_two_processes_equal_one_process_on_the_full_batch():
-    model = _ddp_fit()
+def test_ddp_two_processes_equal_one_process_on_the_full_batch(tmp_path):
+    ranks = spawn(_ddp_worker, tmp_path, 2)
     reference, _ = plain_loop("proximal")
     # averaging the two ranks' mean gradients is the gradient of the mean over both halves
-    assert_same_weights(model.net, reference)
+    for weights in ranks:
+        for name, p in reference.named_parameters():
+            torch.testing.assert_close(weights[name], p.detach(), atol=1e-10, rtol=0, msg=name)
 
 
 # -- bad input: clear errors when the fit starts ----------------------------------------------
