@@ -3,22 +3,16 @@ leaves biases and LayerNorm alone."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+
+from .helpers import load_example
 
 pytest.importorskip("accelerate")
 pytest.importorskip("transformers")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_trainer.py"
-
 
 def load():
-    spec = importlib.util.spec_from_file_location("hf_trainer", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("hf_trainer")
 
 
 def test_logs_the_penalty_and_zeroes_weights(capsys):

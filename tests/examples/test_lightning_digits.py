@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+
+from .helpers import load_example
 
 pytest.importorskip("lightning")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_digits.py"
-
 
 def load():
-    spec = importlib.util.spec_from_file_location("lightning_digits", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("lightning_digits")
 
 
 def test_trains_with_exact_zeros(capsys):

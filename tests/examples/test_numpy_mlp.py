@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "numpy_mlp.py"
+from .helpers import load_example
 
 
 @pytest.fixture(scope="module")
 def numpy_mlp():
-    spec = importlib.util.spec_from_file_location("numpy_mlp", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("numpy_mlp")
 
 
 def test_trains_and_penalty_shrinks_weights(numpy_mlp, capsys):
