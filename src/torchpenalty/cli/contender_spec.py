@@ -58,14 +58,21 @@ def _extra_value(term: str, name: str) -> float:
     return value
 
 
+def split_mode(text: str) -> tuple[str, str | None]:
+    """``SPEC@MODE`` as ``(SPEC, MODE)``, ``SPEC`` as ``(SPEC, None)``; raises `ValueError` for
+    an unknown mode."""
+    if "@" not in text:
+        return text, None
+    body, _, mode = text.rpartition("@")
+    mode = mode.strip()
+    if mode not in ALL_MODES:
+        raise ValueError(f"unknown mode {mode!r} after '@'; one of {', '.join(ALL_MODES)}")
+    return body, mode
+
+
 def parse_contender(text: str) -> ContenderText:
     """Parse one ``--reg`` value; raises `ValueError` with a one-line reason."""
-    body, mode = text, None
-    if "@" in text:
-        body, _, mode = text.rpartition("@")
-        mode = mode.strip()
-        if mode not in ALL_MODES:
-            raise ValueError(f"unknown mode {mode!r} after '@'; one of {', '.join(ALL_MODES)}")
+    body, mode = split_mode(text)
     if not body.strip():
         raise ValueError("nothing before '@MODE'")
     penalty_terms, extras = [], {}

@@ -197,7 +197,6 @@ def run_adamw(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         },
     )
     write_history(out / "history.csv", trained.results)
-    titles = {opt: name for opt, name in OPTIMIZERS.items()}
-    plots.plot_lr_decay_grids(grids, titles, lrs, decays, out / "demo.png")
+    plots.plot_lr_decay_grids(grids, OPTIMIZERS, lrs, decays, out / "demo.png")
     common.echo(f"\nwrote {out}/: results.json, history.csv, demo.png")
     return common.finish(trained)

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from torchpenalty import Penalty, Zero, parse
-from torchpenalty.attach import ALL_MODES
 from torchpenalty.experiments import plots
 from torchpenalty.experiments.results import metric_name
 from torchpenalty.experiments.training import Contender
 
 from . import argtypes, flags, pipeline
+from .contender_spec import split_mode
 
 
 def lam_grid(text: str) -> list[float]:
@@ -74,18 +74,10 @@ class PenaltyAndMode(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        text, mode = str(values), None
-        if "@" in text:
-            text, _, mode = text.rpartition("@")
-            mode = mode.strip()
-            if mode not in ALL_MODES:
-                parser.error(
-                    f"argument --reg: unknown mode {mode!r} after '@'; one of "
-                    f"{', '.join(ALL_MODES)}"
-                )
         try:
+            text, mode = split_mode(str(values))
             setattr(namespace, self.dest, unit_penalty(text))
-        except argparse.ArgumentTypeError as exc:
+        except (ValueError, argparse.ArgumentTypeError) as exc:
             parser.error(f"argument --reg: {exc}")
         namespace.reg_mode = mode
 

@@ -43,14 +43,15 @@ class CallbackSpec:
         if not isinstance(self.log, bool):
             raise TypeError(f"log must be True or False, got {self.log!r}")
 
-    def build(self, model: nn.Module, include: Rule | None = None) -> Regularizer:
-        """The regularizer over ``model``; ``include`` stands in for an unset ``include``."""
+    def build(self, model: nn.Module, among: Among | None = None) -> Regularizer:
+        """The regularizer over ``model``; ``among`` (a framework's own rule) replaces
+        ``self.among``."""
         return Regularizer(
             model,
             self.penalty,
-            include=self.include if self.include is not None else include,
+            include=self.include,
             exclude=self.exclude,
-            among=self.among,
+            among=self.among if among is None else among,
             schedule=self.schedule,
         )
 

@@ -99,20 +99,9 @@ class RegularizerCallback(TrainerCallback):
     def _build(self, trainer: transformers.Trainer, model: nn.Module) -> Regularizer:
         if not self._trainer_rule:
             return self.spec.build(model)
-        decay = set(trainer.get_decay_parameter_names(model))
-
-        def decayed(name: str, param: nn.Parameter, module: nn.Module) -> bool:
-            return name in decay
-
         # the Trainer's names are those of the unwrapped model, like the canonical ones here
-        return Regularizer(
-            model,
-            self.spec.penalty,
-            include=self.spec.include,
-            exclude=self.spec.exclude,
-            among=decayed,
-            schedule=self.spec.schedule,
-        )
+        decay = set(trainer.get_decay_parameter_names(model))
+        return self.spec.build(model, among=lambda name, param, module: name in decay)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         trainer = _trainer()
