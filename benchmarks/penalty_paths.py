@@ -14,7 +14,8 @@ the same run on the same tensors (every parameter of the model is regularized):
   mode, ``w.mul_(c)`` for decoupled / proximal, ``w.abs().sum()`` for the value; on a GPU, the
   same bytes at the bandwidth of a device-to-device copy measured in the same run. Group
   penalties (``--penalties group``: group lasso on rows, cols, the whole tensor and callable
-  groups (`row_pairs`, `blocks_of_16`), sparse group lasso on rows, applied to the weights,
+  groups (`row_pairs`, `blocks_of_16`, `kernel_windows`, `unequal_rows`, `scattered`), sparse
+  group lasso on rows, applied to the weights,
   ``ndim >= 2``) need their group norms first: their floor is one reading pass more (the value
   floor) before the update pass. Constraints (``--penalties constraint``: max-norm of rows and
   cols, unit-norm and min-max-norm of rows) time their projection, ``reg.project_()``, against
@@ -134,6 +135,26 @@ def blocks_of_16(w: torch.Tensor) -> torch.Tensor:
     return torch.arange(w.numel(), device=w.device).view(w.shape) // 16
 
 
+def kernel_windows(w: torch.Tensor) -> torch.Tensor:
+    """Callable groups: each (out, in) kernel window of a conv, 9 weights for 3x3 (kernel-level
+    sparsity); each weight of a Linear."""
+    window = w[0, 0].numel()
+    return torch.arange(w.numel(), device=w.device).view(w.shape) // window
+
+
+def unequal_rows(w: torch.Tensor) -> torch.Tensor:
+    """Callable groups of unequal size: output units in runs of 1, 2, 1, 2, ... rows."""
+    rows = torch.arange(w.shape[0], device=w.device)
+    return ((rows * 2) // 3).view(-1, *[1] * (w.ndim - 1)).expand(w.shape)
+
+
+def scattered(w: torch.Tensor) -> torch.Tensor:
+    """Callable groups in no pattern: a fixed random split into groups of 64 weights."""
+    generator = torch.Generator().manual_seed(w.numel())
+    labels = torch.randperm(w.numel(), generator=generator) % max(1, w.numel() // 64)
+    return labels.view(w.shape).to(w.device)
+
+
 #: the penalty families ``--penalties`` names
 FAMILIES = {
     "elementwise": (L2(LAM), L1(LAM)),
@@ -143,6 +164,9 @@ FAMILIES = {
         GroupLasso(LAM, "tensor"),
         GroupLasso(LAM, row_pairs),
         GroupLasso(LAM, blocks_of_16),
+        GroupLasso(LAM, kernel_windows),
+        GroupLasso(LAM, unequal_rows),
+        GroupLasso(LAM, scattered),
         SparseGroupLasso(LAM, LAM, "rows"),
     ),
     "constraint": (

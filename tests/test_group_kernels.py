@@ -135,20 +135,86 @@ def test_detect_layout_refuses_irregular_groups(index):
     assert detect_layout(index) is None
 
 
-def test_irregular_callable_groups_run_eagerly_and_agree():
-    def scattered(w):  # the same groups for every tensor of a shape, in no regular pattern
-        generator = torch.Generator().manual_seed(w.numel())
-        return (torch.randperm(w.numel(), generator=generator) % 3).view(w.shape)
+def scattered(w):
+    """The same groups for every tensor of a shape, in no regular pattern, some labels unused."""
+    generator = torch.Generator().manual_seed(w.numel())
+    return (torch.randperm(w.numel(), generator=generator) % 3).view(w.shape) * 2
 
-    a, b = model(torch.float32, 1e-30), model(torch.float32, 1e-30)
-    eager = Regularizer(a, GroupLasso(0.3, scattered), backend="eager")
-    fused = Regularizer(b, GroupLasso(0.3, scattered), backend="compile")
-    close(eager.value(), fused.value(), torch.float32)
-    eager.prox_(0.5)
-    fused.prox_(0.5)
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        close(p, q, torch.float32)
-    assert not fused._kernels.signatures  # never compiled: no layout
+
+def unequal_row_runs(w):
+    """Output units in runs of 1, 2, 1, 2, ... rows: whole rows, groups of unequal size."""
+    rows = torch.arange(w.shape[0])
+    return ((rows * 2) // 3).view(-1, *[1] * (w.ndim - 1)).expand(w.shape)
+
+
+IRREGULAR = [
+    (GroupLasso(0.3, scattered, "sqrt_size"), torch.float32),
+    (GroupLasso(0.3, unequal_row_runs), torch.float64),
+    (SparseGroupLasso(0.05, 0.3, scattered), torch.float32),
+    (SparseGroupLasso(0.05, 0.3, unequal_row_runs, "sqrt_size"), torch.float64),
+    (MaxNorm(0.5, scattered), torch.float32),
+]
+
+
+@pytest.mark.parametrize(
+    "penalty, dtype", IRREGULAR, ids=[f"{p!r}-{str(d).removeprefix('torch.')}" for p, d in IRREGULAR]
+)
+def test_irregular_callable_groups_run_fused_and_equal_the_eager_path(penalty, dtype):
+    tiny = {torch.float32: 1e-30, torch.float64: 1e-170}[dtype]
+    a, b = model(dtype, tiny), model(dtype, tiny)
+    eager = Regularizer(a, penalty, backend="eager")
+    fused = Regularizer(b, penalty, backend="compile")
+    if not penalty.constraints():
+        close(eager.value(), fused.value(), dtype)
+        eager.add_to_grad_()
+        fused.add_to_grad_()
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            close(p.grad, q.grad, dtype)
+        eager.decay_(0.1)
+        fused.decay_(0.1)
+        eager.prox_(0.5)
+        fused.prox_(0.5)
+        (ga,) = torch.autograd.grad(eager(), a[0].weight)
+        (gb,) = torch.autograd.grad(fused(), b[0].weight)
+        close(ga, gb, dtype)
+    eager.project_()
+    fused.project_()
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        close(p, q, dtype)
+        assert torch.equal(p == 0, q == 0), name  # the same exact zeros
+    layouts = fused._kernels.group_layouts.values()
+    assert any(isinstance(lay, group_kernels.Indexed) for lay in layouts)
+    assert fused._kernels.signatures  # the fused kernels ran, not the eager fallback
+
+
+@pytest.mark.parametrize(
+    "index, run, size",
+    [
+        (torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1]), 3, 2),  # runs of 3 and 6: cut by 3
+        (torch.tensor([[2], [2], [0]]).expand(3, 4), 4, 3),  # whole rows, unequal groups
+        (torch.tensor([1, 0, 1, 0, 0]), 1, 2),  # scattered
+    ],
+)
+def test_indexed_cuts_the_longest_runs_that_share_a_group(index, run, size):
+    got = group_kernels.indexed(index, torch.device("cpu"))
+    assert got is not None and (got.run, got.size) == (run, size)
+    assert torch.equal(got.group_of.long(), index.reshape(-1)[::run])
+    sizes = torch.bincount(index.reshape(-1), minlength=size).double()
+    torch.testing.assert_close(got.sqrt_sizes, sizes.sqrt())
+
+
+@pytest.mark.parametrize("index", [torch.tensor([0, -1]), torch.zeros(0, dtype=torch.long)])
+def test_indexed_leaves_negative_and_empty_indices_to_the_eager_path(index):
+    assert group_kernels.indexed(index, torch.device("cpu")) is None
+
+
+def test_irregular_groups_with_negative_labels_are_refused_as_before():
+    def negative(w):
+        return torch.full(w.shape, -1)
+
+    m = model(torch.float32, 1e-30)
+    with pytest.raises((ValueError, IndexError, RuntimeError)):
+        Regularizer(m, GroupLasso(0.3, negative), backend="compile").prox_(0.5)
 
 
 def test_nan_groups_stay_nan_and_the_rest_is_untouched():

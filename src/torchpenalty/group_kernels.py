@@ -8,8 +8,13 @@ mode costs about its memory floor: one reading pass for the norms plus the updat
 
 Every grouping runs over a 2-D view of the tensor, its `Layout`: each row a group (``rows``, the
 whole ``tensor`` as one row, a callable's runs of consecutive elements), or each block of columns
-a group across all rows (``cols``: dim-1 slices; a callable's column blocks). Callable groups
-whose indices have neither form, and groups spanning FSDP2 shards, take the eager path.
+a group across all rows (``cols``: dim-1 slices; a callable's column blocks). A callable's
+groups in neither form are `Indexed`: runs of consecutive elements that share a group (whole
+rows for groups of output units of unequal size; single elements for scattered groups), whose
+sums are scattered by group. Groups spanning FSDP2 shards take the eager path.
+
+Rows too short to fill a vector (a 3x3 kernel window: 9) have their update split: the compiled
+kernel computes one factor per row, and one eager broadcasting pass applies it (`finish`).
 
 Norms are exact for groups of tiny entries (whose float32 squares underflow) and of huge ones
 (whose squares overflow), like `torchpenalty.penalties.norms`: float32 (and lower) squares are
@@ -24,6 +29,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,6 +42,11 @@ BLOCK_ROWS = 16
 #: horizontal reduction each (4-10x the memory floor), while summing the columns vectorizes
 #: across rows (blocks of 16 weights: 1.1-1.9x)
 SHORT_ROWS = 32
+#: float dtypes whose short-row updates run as row factors, then one eager broadcast pass
+#: (`_scaled_rows`); lower precision keeps the fused update, which rounds once
+ROW_FACTOR_DTYPES = (torch.float32, torch.float64)
+#: float32 lanes of the widest CPU vector (AVX-512): rows of a multiple of it fill whole vectors
+FULL_VECTOR = 16
 
 
 class Layout(NamedTuple):
@@ -48,6 +59,40 @@ class Layout(NamedTuple):
 
     def group_size(self, numel: int) -> int:
         return numel // (self.cols or self.rows)
+
+
+class Indexed(NamedTuple):
+    """Irregular groups (a callable's indices with no `Layout`). The flat tensor is cut into
+    runs of ``run`` consecutive elements that share a group (the largest such length: a row
+    for groups of whole rows, 1 for scattered groups); ``group_of`` holds each run's group
+    (int32, on the weights' device), ``size`` is the number of groups, ``sqrt_sizes`` each
+    group's ``c_g`` for ``scale="sqrt_size"`` (float64). Norms sum each run, then scatter the
+    run sums by group; updates gather each run's group factor."""
+
+    group_of: Tensor
+    size: int
+    sqrt_sizes: Tensor
+    run: int
+
+
+#: how a tensor is grouped, for the kernels
+Groups = Layout | Indexed
+
+
+def indexed(index: Tensor, device: torch.device) -> Indexed | None:
+    """The `Indexed` groups of a callable's indices, or None where the fused path does not
+    apply (no elements, a negative index, more than 2**31 elements: the eager path refuses or
+    handles them). Reads ``index`` once (a sync)."""
+    flat = index.detach().reshape(-1).to("cpu", torch.long)
+    n = flat.numel()
+    if n == 0 or n >= 2**31 or int(flat.min()) < 0:
+        return None
+    size = int(flat.max()) + 1
+    sizes = torch.bincount(flat, minlength=size).to(torch.float64)
+    starts = (torch.nonzero(flat[1:] != flat[:-1]).reshape(-1) + 1).numpy()
+    run = int(np.gcd.reduce(np.append(starts, n)))  # every run's length is a multiple of it
+    group_of = flat[::run].to(device, torch.int32)
+    return Indexed(group_of, size, sizes.sqrt().to(device), run)
 
 
 def layout(w: Tensor, groups: str) -> Layout:
@@ -127,11 +172,13 @@ def _amax(v: Tensor, lay: Layout) -> Tensor:
     return v.abs().amax(dim=0).view(lay.cols, -1).amax(dim=1).view(1, lay.cols)
 
 
-def _norms(v: Tensor, lay: Layout) -> Tensor:
+def _norms(v: Tensor, lay: Groups) -> Tensor:
     """``||w_g||`` per group (`_sum_sq` shape), exact for tiny and huge groups: float32 values
     (and lower) are squared and summed in float64, where no square of theirs underflows or
     overflows; float64 values are scaled by the group's largest magnitude first (one reduction
     more)."""
+    if isinstance(lay, Indexed):
+        return _indexed_norms(v, lay)
     if v.dtype != torch.float64:
         return _sum_sq(v.double() ** 2, lay).sqrt()
     a = _amax(v, lay)
@@ -139,27 +186,54 @@ def _norms(v: Tensor, lay: Layout) -> Tensor:
     return s * _sum_sq((v / _expand(s, v, lay)) ** 2, lay).sqrt()
 
 
-def _update_norms(v: Tensor, lay: Layout) -> Tensor:
+def _update_norms(v: Tensor, lay: Groups) -> Tensor:
     """`_norms` for an in-place update pass. Short rows' norms are column sums, elementwise code
     that inductor would inline into the update and recompute per weight (decay and prox of
     blocks of 16 weights at 1.8-1.9x their floor); a product with a 1x1 one is a library call
     it cannot inline, so the norms are computed once (1.4x)."""
     n = _norms(v, lay)
-    if lay.cols or v.shape[1] > SHORT_ROWS:
-        return n
+    if isinstance(lay, Indexed) or lay.cols or not 1 < v.shape[1] <= SHORT_ROWS:
+        return n  # a row of one weight: its norm is elementwise, nothing to recompute
     return n @ torch.ones(1, 1, dtype=n.dtype, device=n.device)
 
 
-def _expand(coef: Tensor, v: Tensor, lay: Layout) -> Tensor:
+def _expand(coef: Tensor, v: Tensor, lay: Groups) -> Tensor:
     """A per-group ``coef`` (`_sum_sq` shape) broadcastable against the flat view ``v``. Column
     blocks wider than one column are spelled out per column of ``v`` (the view's width, far
     below its size) by an outer product with ones: broadcasting per block instead makes inductor
-    run the update in loops as short as a block (9 for a 3x3 conv's input channel)."""
+    run the update in loops as short as a block (9 for a 3x3 conv's input channel). Irregular
+    groups gather each element's coefficient."""
+    if isinstance(lay, Indexed):
+        return coef[lay.group_of].view(-1, 1)
     width = v.shape[1] // lay.cols if lay.cols else 1
     if width == 1:
         return coef
     ones = torch.ones(1, width, dtype=coef.dtype, device=coef.device)
     return (coef.view(-1, 1) @ ones).view(1, -1)
+
+
+def _scaled_rows(w: Tensor, lay: Groups, has_l1: bool = False) -> bool:
+    """Whether ``w``'s update is split: the compiled kernel computes one factor per short row
+    (2 to `SHORT_ROWS` weights, not a multiple of `FULL_VECTOR`: a 3x3 kernel window), and
+    `finish` applies it in one eager broadcast pass. Inductor runs a broadcast over rows this
+    short in masked partial vectors (a 3x3 window's decay at 3.9x its floor, 2.0x split); rows
+    of whole vectors (blocks of 16) run fused at 1.4x. The L1 term of the sparse group lasso is
+    no per-row factor: it stays fused."""
+    if isinstance(lay, Indexed):
+        return False
+    width = w.numel() // lay.rows if lay.rows else 0
+    return (
+        not lay.cols
+        and not has_l1
+        and 1 < width <= SHORT_ROWS
+        and width % FULL_VECTOR != 0
+        and w.dtype in ROW_FACTOR_DTYPES
+    )
+
+
+def _row_factor(f: Tensor, w: Tensor) -> Tensor:
+    """A per-row factor ``(rows, 1)`` in ``w``'s dtype, for `finish` to broadcast."""
+    return f.to(w.dtype).reshape(-1, 1)
 
 
 def _floor(n: Tensor) -> Tensor:
@@ -173,7 +247,7 @@ def _soft(v: Tensor, t: Tensor) -> Tensor:
 
 
 def _grad_of(
-    v: Tensor, lay: Layout, group_c: Tensor, l1: Tensor, has_l1: bool, n: Tensor | None = None
+    v: Tensor, lay: Groups, group_c: Tensor, l1: Tensor, has_l1: bool, n: Tensor | None = None
 ) -> Tensor:
     """``group * c_g * v_g / ||v_g|| (+ l1 * sign(v))``, 0 in a zero group, NaN in a NaN group;
     ``n``: the group norms, when known already."""
@@ -184,15 +258,31 @@ def _grad_of(
     return out + torch.sign(v) * l1 if has_l1 else out
 
 
-def _flat(w: Tensor, lay: Layout) -> Tensor:
-    return _acc(w).reshape(lay.rows, -1)
+def _flat(w: Tensor, lay: Groups) -> Tensor:
+    """The 2-D view the kernels work on: a `Layout`'s rows, or an `Indexed` tensor's runs."""
+    rows = lay.group_of.numel() if isinstance(lay, Indexed) else lay.rows
+    return _acc(w).reshape(rows, -1)
+
+
+def _indexed_norms(v: Tensor, lay: Indexed) -> Tensor:
+    """`_norms` of irregular groups, ``(size,)``: each run's sum (`_sum_sq` over the runs as
+    rows), scattered by group; float64 runs are scaled by their group's largest magnitude."""
+    index, runs = lay.group_of, Layout(lay.group_of.numel())
+    if v.dtype != torch.float64:
+        run_sums = _sum_sq(v.double() ** 2, runs).view(-1)
+        return v.new_zeros(lay.size, dtype=torch.float64).index_add_(0, index, run_sums).sqrt()
+    run_max = _amax(v, runs).view(-1)
+    a = v.new_zeros(lay.size).scatter_reduce_(0, index.long(), run_max, "amax")
+    s = torch.where((a > 0) & torch.isfinite(a), a, torch.ones_like(a))
+    run_sums = _sum_sq((v / s[index].view(-1, 1)) ** 2, runs).view(-1)
+    return s * v.new_zeros(lay.size).index_add_(0, index, run_sums).sqrt()
 
 
 # -- the compiled kernels: lists of tensors, static layouts and sizes ----------------------------
 def _value(
     ws: list[Tensor],
-    layouts: list[Layout],
-    coefs: list[float],
+    layouts: list[Groups],
+    coefs: list[float | Tensor],
     group: Tensor,
     l1: Tensor,
     has_l1: bool,
@@ -203,8 +293,8 @@ def _value(
 
 def _grads(
     ws: list[Tensor],
-    layouts: list[Layout],
-    coefs: list[float],
+    layouts: list[Groups],
+    coefs: list[float | Tensor],
     group: Tensor,
     l1: Tensor,
     has_l1: bool,
@@ -221,79 +311,114 @@ def _grads(
 def _add_grad(
     gs: list[Tensor],
     ws: list[Tensor],
-    layouts: list[Layout],
-    coefs: list[float],
+    layouts: list[Groups],
+    coefs: list[float | Tensor],
     group: Tensor,
     l1: Tensor,
     has_l1: bool,
     scale: Tensor,
-) -> None:
+) -> list[Tensor | None]:
     norms: list[Tensor | None] = [None] * len(ws)  # computed in the same pass
-    _add_grad_norms(gs, ws, norms, layouts, coefs, group, l1, has_l1, scale)
+    return _add_grad_norms(gs, ws, norms, layouts, coefs, group, l1, has_l1, scale)
 
 
 def _decay(
     ws: list[Tensor],
-    layouts: list[Layout],
-    coefs: list[float],
+    layouts: list[Groups],
+    coefs: list[float | Tensor],
     group: Tensor,
     l1: Tensor,
     has_l1: bool,
     lr: Tensor,
-) -> None:
+) -> list[Tensor | None]:
+    factors: list[Tensor | None] = []
     for w, lay, c in zip(ws, layouts, coefs, strict=True):
         v = _flat(w, lay)
+        if _scaled_rows(w, lay, has_l1):  # w - lr * c * w / n = w * (1 - lr * c / n)
+            n = _norms(v, lay)
+            factors.append(_row_factor(1 - torch.where(n == 0, 0, lr * group * c / _floor(n)), w))
+            continue
         d = _grad_of(v, lay, group * c, l1, has_l1, _update_norms(v, lay))
         w.copy_((v - lr * d).reshape(w.shape))
+        factors.append(None)
+    return factors
 
 
 def _prox(
     ws: list[Tensor],
-    layouts: list[Layout],
-    coefs: list[float],
+    layouts: list[Groups],
+    coefs: list[float | Tensor],
     group_t: Tensor,
     l1_t: Tensor,
     has_l1: bool,
-) -> None:
+) -> list[Tensor | None]:
+    factors: list[Tensor | None] = []
     for w, lay, c in zip(ws, layouts, coefs, strict=True):
         v = _flat(w, lay)
         u = _soft(v, l1_t) if has_l1 else v
-        n = _update_norms(u, lay)
+        split = _scaled_rows(w, lay, has_l1)
+        n = _norms(u, lay) if split else _update_norms(u, lay)
         t = group_t * c
         factor = torch.where(n <= t, torch.zeros_like(n), (1 - t / _floor(n)).clamp(min=0))
+        if split:
+            factors.append(_row_factor(factor, w))
+            continue
         w.copy_((u * _expand(factor, u, lay).to(u.dtype)).reshape(w.shape))
+        factors.append(None)
+    return factors
 
 
-def _project(ws: list[Tensor], layouts: list[Layout], lo: Tensor, hi: Tensor, rate: Tensor) -> None:
+def _project(
+    ws: list[Tensor], layouts: list[Groups], lo: Tensor, hi: Tensor, rate: Tensor
+) -> list[Tensor | None]:
     """``w_g *= target(n) / n``, ``target(n) = rate * clip(n, lo, hi) + (1 - rate) * n`` (the
     norm constraints); a zero group stays 0."""
+    factors: list[Tensor | None] = []
     for w, lay in zip(ws, layouts, strict=True):
         v = _flat(w, lay)
-        n = _update_norms(v, lay)
+        split = _scaled_rows(w, lay)
+        n = _norms(v, lay) if split else _update_norms(v, lay)
         target = rate * n.clamp(lo, hi) + (1 - rate) * n
         factor = torch.where(n == 0, torch.ones_like(n), target / _floor(n))
+        if split:
+            factors.append(_row_factor(factor, w))
+            continue
         w.copy_((v * _expand(factor, v, lay)).reshape(w.shape))
+        factors.append(None)
+    return factors
+
+
+def _keeps_norms(n: Tensor, w: Tensor) -> bool:
+    """Whether loss mode keeps a tensor's group norms for its backward: when they take at most
+    an eighth of the tensor's bytes (groups of 16 float32 weights and more). Smaller groups have
+    their norms recomputed in the backward (one reading pass) rather than kept at up to twice
+    the tensor's size (groups of one weight)."""
+    return n.numel() * n.element_size() * 8 <= w.numel() * w.element_size()
 
 
 def _value_norms(
     ws: list[Tensor],
-    layouts: list[Layout],
-    coefs: list[float],
+    layouts: list[Groups],
+    coefs: list[float | Tensor],
     group: Tensor,
     l1: Tensor,
     has_l1: bool,
-) -> tuple[Tensor, list[Tensor]]:
+) -> tuple[Tensor, list[Tensor | None]]:
     """The total value, and each tensor's group norms (for `_add_grad_norms` to reuse in loss
     mode's backward)."""
     total = torch.zeros((), dtype=torch.float32, device=ws[0].device)
-    norms = []
+    norms: list[Tensor | None] = []
     for w, lay, c in zip(ws, layouts, coefs, strict=True):
         v = _flat(w, lay)
         n = _norms(v, lay)
-        norms.append(n)
-        part = n.sum().to(v.dtype) * (group * c)
+        norms.append(n if _keeps_norms(n, w) else None)
+        if isinstance(c, Tensor):  # per-group c_g of irregular groups
+            part = (n * c).sum().to(v.dtype) * group
+        else:
+            part = n.sum().to(v.dtype) * (group * c)
         if has_l1:
-            part = part + _sum_sq(v.abs(), lay).sum() * l1
+            runs = Layout(v.shape[0]) if isinstance(lay, Indexed) else lay
+            part = part + _sum_sq(v.abs(), runs).sum() * l1
         total = total + part
     return total, norms
 
@@ -302,19 +427,28 @@ def _add_grad_norms(
     gs: list[Tensor],
     ws: list[Tensor],
     norms: list[Tensor | None],
-    layouts: list[Layout],
-    coefs: list[float],
+    layouts: list[Groups],
+    coefs: list[float | Tensor],
     group: Tensor,
     l1: Tensor,
     has_l1: bool,
     scale: Tensor,
-) -> None:
+) -> list[Tensor | None]:
     """``g += scale * grad R(w)``; with the group norms given (loss mode's forward kept them),
-    one read-read-write pass and no norms pass."""
+    one read-read-write pass and no norms pass. Split rows (`_scaled_rows`) return their
+    coefficient ``scale * group * c / n`` instead, for `finish` to add ``coef * w``."""
+    coefs_out: list[Tensor | None] = []
     for g, w, n, lay, c in zip(gs, ws, norms, layouts, coefs, strict=True):
         v = _flat(w, lay)
+        if _scaled_rows(w, lay, has_l1) and g.dtype == w.dtype:
+            n = _norms(v, lay) if n is None else n
+            coef = torch.where(n == 0, 0, scale * group * c / _floor(n))
+            coefs_out.append(_row_factor(coef, w))
+            continue
         d = _grad_of(v, lay, group * c, l1, has_l1, n) * scale
         g.copy_(_acc(g) + d.reshape(w.shape))
+        coefs_out.append(None)
+    return coefs_out
 
 
 _KERNELS: dict[str, Callable[..., Any]] = {
@@ -334,22 +468,62 @@ def supported(ws: Tensors) -> bool:
     return bool(ws) and all(w.numel() > 0 for w in ws)
 
 
+def finish(mode: str, args: tuple, pending: list[Tensor | None]) -> None:
+    """Apply the row factors an update kernel left for its split tensors (`_scaled_rows`), one
+    eager broadcast pass each: ``w *= f`` (decay, prox, project) or ``g += f * w`` (gradients),
+    over the ``(rows, width)`` view."""
+    if mode in ("add_grad", "add_grad_norms"):
+        gs, ws = args[0], args[1]
+        for g, w, f in zip(gs, ws, pending, strict=True):
+            if f is not None:
+                g.view(f.shape[0], -1).addcmul_(w.view(f.shape[0], -1), f)
+        return
+    for w, f in zip(args[0], pending, strict=True):
+        if f is not None:
+            w.view(f.shape[0], -1).mul_(f)
+
+
+#: the kernels that may leave row factors for `finish`
+_SPLIT_MODES = ("add_grad", "add_grad_norms", "decay", "prox", "project")
+
+
 def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]:
     """Run one fused group kernel through ``runner`` (backend, signatures, compile failure):
     ``(True, result)``, or ``(False, None)`` when it should run eagerly instead."""
     kernel = _KERNELS[mode]
     if torch.compiler.is_compiling():  # inside the user's compiled region: it fuses the kernel
-        return True, kernel(*args)
-    if not runner.use_compiled(kernel, ws):
+        ok, out = True, kernel(*args)
+    elif not runner.use_compiled(kernel, ws):
         return False, None
-    return runner.run_compiled(kernel, *args)
+    else:
+        ok, out = runner.run_compiled(kernel, *args)
+    if ok and mode in _SPLIT_MODES:
+        finish(mode, args, out)
+        out = None
+    return ok, out
 
 
-def coefs(ws: Tensors, layouts: list[Layout], scale: str) -> list[float]:
-    """``c_g`` of each tensor's groups (equal within a tensor): 1, or ``sqrt(group size)``."""
+def coefs(ws: Tensors, layouts: list[Groups], scale: str) -> list[float | Tensor]:
+    """``c_g`` of each tensor's groups: 1, or ``sqrt(group size)`` (equal within a tensor of a
+    `Layout`; per group, a ``(size,)`` tensor, for `Indexed` groups)."""
     if scale != "sqrt_size":
         return [1.0] * len(ws)
-    return [math.sqrt(lay.group_size(w.numel())) for w, lay in zip(ws, layouts, strict=True)]
+    return [
+        lay.sqrt_sizes if isinstance(lay, Indexed) else math.sqrt(lay.group_size(w.numel()))
+        for w, lay in zip(ws, layouts, strict=True)
+    ]
 
 
-__all__ = ["Layout", "coefs", "detect_layout", "layout", "lists", "run", "scalar", "supported"]
+__all__ = [
+    "Groups",
+    "Indexed",
+    "Layout",
+    "coefs",
+    "detect_layout",
+    "indexed",
+    "layout",
+    "lists",
+    "run",
+    "scalar",
+    "supported",
+]

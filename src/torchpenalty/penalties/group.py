@@ -210,10 +210,13 @@ def check_groups_apply(penalty: Penalty, groups: GroupSpec, name: str, w: Tensor
         raise ValueError(f"{penalty!r} cannot apply to {name!r}: {exc}") from None
 
 
-def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[group_kernels.Layout] | None:
-    """Each whole tensor's `group_kernels.Layout`, or None when one has none (``cols`` of a 1-D
-    tensor, which the eager path refuses; a callable's irregular groups). A callable is called
-    once per shape, outside compiled code, its layout kept by the regularizer's kernels."""
+def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[group_kernels.Groups] | None:
+    """Each whole tensor's grouping for the fused kernels: its `group_kernels.Layout`, or a
+    callable's `group_kernels.Indexed` groups where its indices have no layout; None when the
+    eager path must run (``cols`` of a 1-D tensor, which it refuses; a callable's indices of
+    the wrong shape or negative, which it reports). A callable is called once per shape and
+    device, outside compiled code, and what it gave is kept by the regularizer's kernels (the
+    indices of irregular groups as int32: the size of the weights in float32)."""
     if isinstance(groups, str):
         if groups == "cols" and any(w.ndim < 2 for w in ws):
             return None
@@ -221,17 +224,28 @@ def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[group_kerne
     found = batch.kernels.group_layouts
     layouts = []
     for w in ws:
-        key = (groups, tuple(w.shape))
+        key = (groups, tuple(w.shape), w.device)
         if key not in found:
             if torch.compiler.is_compiling():  # finding it reads the indices: a sync
                 return None
-            index = groups(w)
-            shaped = isinstance(index, Tensor) and tuple(index.shape) == tuple(w.shape)
-            found[key] = group_kernels.detect_layout(index) if shaped else None
+            found[key] = _callable_groups(groups, w)
         if found[key] is None:
             return None
         layouts.append(found[key])
     return layouts
+
+
+def _callable_groups(groups: Callable[[Tensor], Tensor], w: Tensor) -> group_kernels.Groups | None:
+    with torch.no_grad():
+        index = groups(w.detach())
+    if not isinstance(index, Tensor) or tuple(index.shape) != tuple(w.shape):
+        return None
+    found = group_kernels.detect_layout(index)
+    if found is not None:
+        return found
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        return None  # the eager path converts or refuses them, as it always has
+    return group_kernels.indexed(index, w.device)
 
 
 class _GroupBase(Penalty):
