@@ -75,10 +75,10 @@ def get_backend() -> str:
 class Kernels:
     """How one regularizer runs the kernels: its ``backend``, the shape lists each compiled
     kernel has seen (at most `MAX_SIGNATURES`, so dynamo's recompile limit is never reached),
-    and whether compilation failed on this platform (then eager from there on), and the layouts
-    of callable groups found per ``(callable, shape)`` (`group_kernels.detect_layout`; None: no
-    fused layout). Each `Regularizer` owns one, so no state is shared between regularizers or
-    threads."""
+    and whether compilation failed on this platform (then eager from there on), and the groups
+    of callables found per ``(callable, shape, device)`` (a `group_kernels.Layout`, or the
+    `group_kernels.Indexed` indices of irregular groups; None: the eager path). Each
+    `Regularizer` owns one, so no state is shared between regularizers or threads."""
 
     backend: str = dataclasses.field(default_factory=get_backend)
     signatures: dict[Callable, set[tuple]] = dataclasses.field(default_factory=dict, repr=False)
