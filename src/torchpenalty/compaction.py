@@ -128,15 +128,33 @@ def _constant(block: Tensor) -> Tensor | None:
     return lo if bool(((hi - lo) <= tolerance).all()) else None
 
 
+def _ungrouped(layer: nn.Module) -> bool:
+    """A Linear, or a Conv that is not grouped: the layers whose units `compact` removes."""
+    if isinstance(layer, nn.Linear):
+        return True
+    return isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) and layer.groups == 1
+
+
+def _out_fn(tp: Any, layer: Prunable) -> Any:
+    """Torch-Pruning's function removing ``layer``'s output units."""
+    linear = isinstance(layer, nn.Linear)
+    return tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
+
+
+def _consumers(tp: Any, graph: Any, layer: Prunable) -> list[tuple]:
+    """`_channel_slices` of the layers consuming ``layer``'s units, from the dependency group
+    over all of them."""
+    n = layer.weight.shape[0]
+    full = graph.get_pruning_group(layer, _out_fn(tp, layer), idxs=list(range(n)))
+    return _channel_slices(full, n, {"prune_in_channels"})
+
+
 def _prune_layer(tp: Any, model: nn.Module, graph: Any, layer: Prunable, inputs: tuple) -> bool:
     """Remove the dead and unused units of ``layer``; True if anything was removed."""
-    linear = isinstance(layer, nn.Linear)
-    if not isinstance(layer, nn.Linear) and layer.groups != 1:
+    if not _ungrouped(layer):
         return False
-    n = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    out_fn = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
-    full = graph.get_pruning_group(layer, out_fn, idxs=list(range(n)))
-    consumers = _channel_slices(full, n, {"prune_in_channels"})
+    n = layer.weight.shape[0]
+    consumers = _consumers(tp, graph, layer)
     with torch.no_grad():
         dead = (layer.weight.reshape(n, -1) == 0).all(dim=1)
         unused = torch.ones(n, dtype=torch.bool, device=dead.device) if consumers else dead & False
@@ -163,7 +181,7 @@ def _prune_layer(tp: Any, model: nn.Module, graph: Any, layer: Prunable, inputs:
                     break
     if not candidates:
         return False
-    group = graph.get_pruning_group(layer, out_fn, idxs=candidates)
+    group = graph.get_pruning_group(layer, _out_fn(tp, layer), idxs=candidates)
     if not graph.check_pruning_group(group):
         return False
     group.prune()
@@ -184,24 +202,28 @@ class UnitLayer:
     def units(self) -> int:
         return self.layer.weight.shape[0]
 
+    def _outgoing(self) -> list[Tensor]:
+        """Per consumer, its weights for each unit as rows: ``(units, out * k * ...)``."""
+        out = []
+        for consumer, index in self.consumers:
+            w = consumer.weight.detach()[:, index.to(consumer.weight.device)]  # (out, n, k, ...)
+            out.append(w.transpose(0, 1).reshape(self.units, -1))
+        return out
+
     def zero_units(self) -> Tensor:
         """Per unit: its incoming weights are all zero (dead) or every consumer's weights for
         it are (unused): what `compact` removes. On the weights' device, no sync."""
-        n = self.units
-        dead = (self.layer.weight.detach().reshape(n, -1) == 0).all(dim=1)
+        dead = (self.layer.weight.detach().reshape(self.units, -1) == 0).all(dim=1)
         unused = torch.ones_like(dead)
-        for consumer, index in self.consumers:
-            w = consumer.weight.detach()[:, index.to(consumer.weight.device)]  # (out, n, k, ...)
-            unused &= (w.transpose(0, 1).reshape(n, -1) == 0).all(dim=1)
+        for rows in self._outgoing():
+            unused &= (rows == 0).all(dim=1)
         return dead | unused
 
     def importance(self) -> Tensor:
         """Per unit: the norm of its incoming weights plus its consumers' weights for it."""
-        n = self.units
-        total = self.layer.weight.detach().reshape(n, -1).double().norm(dim=1)
-        for consumer, index in self.consumers:
-            w = consumer.weight.detach()[:, index.to(consumer.weight.device)]
-            total = total + w.transpose(0, 1).reshape(n, -1).double().norm(dim=1)
+        total = self.layer.weight.detach().reshape(self.units, -1).double().norm(dim=1)
+        for rows in self._outgoing():
+            total = total + rows.double().norm(dim=1)
         return total
 
 
@@ -220,17 +242,11 @@ def unit_layers(model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> 
         root.train(training)
     found = []
     for name, layer in root.named_modules():
-        if not isinstance(layer, PRUNABLE) or (
-            not isinstance(layer, nn.Linear) and layer.groups != 1
-        ):
+        if not _ungrouped(layer):
             continue
-        n = layer.weight.shape[0]
-        linear = isinstance(layer, nn.Linear)
-        out_fn = tp.prune_linear_out_channels if linear else tp.prune_conv_out_channels
-        full = graph.get_pruning_group(layer, out_fn, idxs=list(range(n)))
         consumers = [
             (module, torch.tensor(blocks, dtype=torch.long))
-            for module, blocks in _channel_slices(full, n, {"prune_in_channels"})
+            for module, blocks in _consumers(tp, graph, cast(Prunable, layer))
         ]
         if consumers:
             found.append(UnitLayer(name, layer, consumers))

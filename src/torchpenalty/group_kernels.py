@@ -63,8 +63,8 @@ class Layout(NamedTuple):
 
 class Indexed(NamedTuple):
     """Irregular groups (a callable's indices with no `Layout`). The flat tensor is cut into
-    runs of ``run`` consecutive elements that share a group (the largest such length: a row
-    for groups of whole rows, 1 for scattered groups); ``group_of`` holds each run's group
+    runs of equal length whose elements share a group (the longest such runs: a row for groups
+    of whole rows, one element for scattered groups); ``group_of`` holds each run's group
     (int32, on the weights' device), ``size`` is the number of groups, ``sqrt_sizes`` each
     group's ``c_g`` for ``scale="sqrt_size"`` (float64). Norms sum each run, then scatter the
     run sums by group; updates gather each run's group factor."""
@@ -72,7 +72,6 @@ class Indexed(NamedTuple):
     group_of: Tensor
     size: int
     sqrt_sizes: Tensor
-    run: int
 
 
 #: how a tensor is grouped, for the kernels
@@ -92,7 +91,7 @@ def indexed(index: Tensor, device: torch.device) -> Indexed | None:
     starts = (torch.nonzero(flat[1:] != flat[:-1]).reshape(-1) + 1).numpy()
     run = int(np.gcd.reduce(np.append(starts, n)))  # every run's length is a multiple of it
     group_of = flat[::run].to(device, torch.int32)
-    return Indexed(group_of, size, sizes.sqrt().to(device), run)
+    return Indexed(group_of, size, sizes.sqrt().to(device))
 
 
 def layout(w: Tensor, groups: str) -> Layout:
