@@ -233,6 +233,26 @@ def test_bad_arguments():
         GroupLasso(0.1, lambda w: torch.zeros(3, dtype=torch.long)).value(torch.ones(2, 2))
 
 
+@pytest.mark.parametrize(
+    "indices, shown",
+    [
+        (lambda w: torch.full(w.shape, -1), "-1"),
+        (lambda w: torch.full(w.shape, 0.5), "0.5"),
+        (lambda w: torch.full(w.shape, float("nan")), "nan"),
+        (lambda w: np.full(w.shape, -2), "-2"),
+    ],
+)
+def test_callable_indices_must_be_whole_and_non_negative(indices, shown):
+    """A negative index names no group; a fraction would be truncated into another group."""
+    message = f"groups callable must return whole group indices >= 0, got {shown}"
+    w = np.ones((2, 3)) if isinstance(indices(torch.ones(1)), np.ndarray) else torch.ones(2, 3)
+    with pytest.raises(ValueError, match=message):
+        GroupLasso(0.1, indices).value(w)
+    model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=rf"cannot apply to 'weight': a {message}"):
+        Regularizer(model, GroupLasso(0.1, indices), include="weight")
+
+
 def test_regularizer_refuses_cols_of_a_vector():
     model = nn.Linear(3, 2)
     with pytest.raises(ValueError, match=r"cannot apply to 'bias'.*ndim >= 2"):

@@ -126,6 +126,7 @@ class Grouping:
                 f"a groups callable must return indices of the tensor's shape {tuple(w.shape)}, "
                 f"got {tuple(index.shape)}"
             )
+        _check_indices(index)
         flat: Any
         sizes: Any
         group_scale: Any
@@ -178,6 +179,26 @@ class Grouping:
     def zero_groups(self) -> Any:
         """How many groups are entirely (exactly) zero: a scaled norm is 0 only for those."""
         return (self.group_norms == 0).sum()
+
+
+def _check_indices(index: Any) -> None:
+    """Raise `ValueError` unless a groups callable's indices are whole numbers >= 0 (a negative
+    one names no group; a fraction would be truncated into a group it does not name)."""
+    if isinstance(index, Tensor):
+        bad = index < 0
+        if index.is_floating_point():
+            bad |= index != index.floor()  # NaN too
+        found = bool(bad.any())
+        first = float(index[bad].reshape(-1)[0]) if found else 0.0
+    else:
+        values = np.asarray(index)
+        bad_np = values < 0
+        if np.issubdtype(values.dtype, np.floating):
+            bad_np |= values != np.floor(values)
+        found = bool(bad_np.any())
+        first = float(values[bad_np].reshape(-1)[0]) if found else 0.0
+    if found:
+        raise ValueError(f"a groups callable must return whole group indices >= 0, got {first:g}")
 
 
 def _spanning_norm(w: Tensor, dims: tuple[int, ...], group: Any) -> tuple[Tensor, Tensor]:
