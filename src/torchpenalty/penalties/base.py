@@ -171,6 +171,11 @@ class Penalty(ABC):
         """Raise `ValueError` if the penalty cannot apply to ``w`` (e.g. ``cols`` of a vector)."""
         return None
 
+    def prepare(self, ws: Tensors, batch: Batch) -> None:
+        """Do now, outside any compiled region, what the fast paths would otherwise do on their
+        first call with ``ws`` (read a callable's groups: a sync); nothing by default."""
+        return None
+
     def group_stats(self, w: Tensor, shard: ShardSpec | None = None) -> GroupStats | None:
         """`GroupStats` (all-zero groups, groups) for group penalties, else None. ``shard``: ``w``
         is the local shard of a parameter (groups that span shards are then whole here)."""
@@ -451,6 +456,10 @@ class Sum(Penalty):
     def check_tensor(self, name: str, w: Tensor) -> None:
         for t in self.terms:
             t.check_tensor(name, w)
+
+    def prepare(self, ws: Tensors, batch: Batch) -> None:
+        for t in self.terms:
+            t.prepare(ws, batch)
 
     def strengths(self) -> list[float]:
         return [s for t in self.terms for s in t.strengths()]

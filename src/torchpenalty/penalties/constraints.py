@@ -38,7 +38,15 @@ from ..kernels import Tensors, lists, scalar
 from .base import Penalty, Scalar, accumulation_dtype, check_input, check_prox_args, register
 from .batch import Batch
 from .elementwise import ZeroGradient
-from .group import GROUPINGS, Grouping, GroupSpec, check_groups, check_groups_apply, layouts_of
+from .group import (
+    GROUPINGS,
+    Grouping,
+    GroupSpec,
+    check_groups,
+    check_groups_apply,
+    layouts_of,
+    prepare_groups,
+)
 
 
 class Constraint(ZeroGradient):
@@ -99,6 +107,9 @@ class NormConstraint(Constraint):
 
     def check_tensor(self, name: str, w: Tensor) -> None:
         check_groups_apply(self, self.groups, name, w)
+
+    def prepare(self, ws: Tensors, batch: Batch) -> None:
+        prepare_groups(self.groups, ws, batch)
 
     def _factor(self, n: Any) -> Any:
         lo, hi, rate = self.bounds()

@@ -256,6 +256,16 @@ def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[group_kerne
     return layouts
 
 
+def prepare_groups(groups: GroupSpec, ws: Tensors, batch: Batch) -> None:
+    """Read a callable's groups for the fused kernels now (`layouts_of`), so that a training
+    step the user compiles finds them kept and never breaks its graph to read them. Not for
+    the eager backend (which never uses them), shards or meta tensors (nothing to read)."""
+    if not callable(groups) or batch.kernels.backend == "eager" or batch.shards:
+        return
+    if group_kernels.supported(ws) and not any(w.is_meta for w in ws):
+        layouts_of(groups, ws, batch)
+
+
 def _callable_groups(groups: Callable[[Tensor], Tensor], w: Tensor) -> group_kernels.Groups | None:
     with torch.no_grad():
         index = groups(w.detach())
@@ -292,6 +302,9 @@ class _GroupBase(Penalty):
 
     def check_tensor(self, name: str, w: Tensor) -> None:
         check_groups_apply(self, self.groups, name, w)
+
+    def prepare(self, ws: Tensors, batch: Batch) -> None:
+        prepare_groups(self.groups, ws, batch)
 
     def value(self, w: ArrayLike) -> ArrayLike:
         check_input(w)
