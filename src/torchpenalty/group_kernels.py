@@ -13,7 +13,10 @@ groups in neither form are `Indexed`: runs of consecutive elements that share a 
 rows for groups of output units of unequal size; single elements for scattered groups), whose
 sums are scattered by group. Groups spanning FSDP2 shards take the eager path.
 
-Rows too short to fill a vector (a 3x3 kernel window: 9) have their update split: the compiled
+Rows of 2 to 32 weights (a 3x3 kernel window: 9) of contiguous float32 / float64 CPU tensors run
+in `torchpenalty.short_rows`' single-pass C++ kernels instead, which the compiler does not
+generate: each block of rows is read once for its norms, factors and update. Elsewhere (a GPU, a
+user's compiled region), rows too short to fill a vector have their update split: the compiled
 kernel computes one factor per row, and one eager broadcasting pass applies it (`finish`).
 
 Norms are exact for groups of tiny entries (whose float32 squares underflow) and of huge ones
@@ -26,13 +29,15 @@ scales enter as 0-dim tensors, so schedules never recompile.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import short_rows
 from .kernels import Kernels, Tensors, lists, scalar
 
 GROUPINGS = ("rows", "cols", "tensor")
@@ -178,6 +183,8 @@ def _norms(v: Tensor, lay: Groups) -> Tensor:
     more)."""
     if isinstance(lay, Indexed):
         return _indexed_norms(v, lay)
+    if not lay.cols and v.shape[1] == 1:  # groups of one weight: sqrt(w**2) is |w| exactly
+        return v.double().abs()
     if v.dtype != torch.float64:
         return _sum_sq(v.double() ** 2, lay).sqrt()
     a = _amax(v, lay)
@@ -486,20 +493,117 @@ def finish(mode: str, args: tuple, pending: list[Tensor | None]) -> None:
 _SPLIT_MODES = ("add_grad", "add_grad_norms", "decay", "prox", "project")
 
 
+#: each kernel's arguments, by name (`_split_args`); ``group``, ``l1`` are the prox's thresholds
+_ARGS = {
+    "value": ("ws", "layouts", "coefs", "group", "l1", "has_l1"),
+    "value_norms": ("ws", "layouts", "coefs", "group", "l1", "has_l1"),
+    "grads": ("ws", "layouts", "coefs", "group", "l1", "has_l1", "scale"),
+    "add_grad": ("gs", "ws", "layouts", "coefs", "group", "l1", "has_l1", "scale"),
+    "add_grad_norms": ("gs", "ws", "norms", "layouts", "coefs", "group", "l1", "has_l1", "scale"),
+    "decay": ("ws", "layouts", "coefs", "group", "l1", "has_l1", "lr"),
+    "prox": ("ws", "layouts", "coefs", "group", "l1", "has_l1"),
+    "project": ("ws", "layouts", "lo", "hi", "rate"),
+}
+#: the arguments that hold one entry per tensor
+_PER_TENSOR = ("ws", "gs", "norms", "layouts", "coefs")
+
+
 def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]:
     """Run one fused group kernel through ``runner`` (backend, signatures, compile failure):
-    ``(True, result)``, or ``(False, None)`` when it should run eagerly instead."""
+    ``(True, result)``, or ``(False, None)`` when it should run eagerly instead. Tensors of
+    short rows run in `short_rows`' single-pass kernels where they apply."""
     kernel = _KERNELS[mode]
+    named = dict(zip(_ARGS[mode], args, strict=True))
     if torch.compiler.is_compiling():  # inside the user's compiled region: it fuses the kernel
         ok, out = True, kernel(*args)
     elif not runner.use_compiled(kernel, ws):
         return False, None
     else:
+        native = _native(runner, mode, named)
+        if native:
+            return _run_with_native(runner, mode, named, native)
         ok, out = runner.run_compiled(kernel, *args)
     if ok and mode in _SPLIT_MODES:
         finish(mode, args, out)
         out = None
     return ok, out
+
+
+def _native(runner: Kernels, mode: str, named: dict[str, Any]) -> list[int]:
+    """The tensors `short_rows` runs in ``mode``: whole rows of 2 to `SHORT_ROWS` contiguous
+    float32 / float64 CPU weights (and gradients of the same layout), no L1 term; its kernels
+    are built here (where that fails, once, the regularizer keeps the fused kernels)."""
+    if mode not in short_rows.MODES or runner.native_failed or named.get("has_l1"):
+        return []
+    ws, gs = named["ws"], named.get("gs")
+    chosen = []
+    for i, (w, lay) in enumerate(zip(ws, named["layouts"], strict=True)):
+        if not isinstance(lay, Layout) or lay.cols or short_rows.width_of(w, lay.rows) is None:
+            continue
+        if gs is not None and not (
+            gs[i].dtype == w.dtype and gs[i].shape == w.shape and gs[i].is_contiguous()
+        ):
+            continue
+        chosen.append(i)
+    try:
+        for i in chosen:
+            short_rows.kernel(ws[i].dtype, ws[i].numel() // named["layouts"][i].rows)
+    except Exception as exc:  # no working C++ toolchain: the compiled kernels still may work
+        runner.native_failed = True
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(
+            f"torchpenalty: short-row kernels are unavailable here ({reason}); using the fused "
+            "kernels",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return []
+    return chosen
+
+
+def _run_with_native(
+    runner: Kernels, mode: str, named: dict[str, Any], native: list[int]
+) -> tuple[bool, Any]:
+    """``mode`` with the tensors ``native`` in `short_rows` and the rest in the fused kernel
+    (run first: where it cannot compile, nothing is updated and the caller goes eager)."""
+    chosen = set(native)
+    rest = [i for i in range(len(named["ws"])) if i not in chosen]
+    out: Any = None
+    if rest:
+        sub = [[a[i] for i in rest] if k in _PER_TENSOR else a for k, a in named.items()]
+        ok, out = runner.run_compiled(_KERNELS[mode], *sub)
+        if not ok:
+            return False, None
+        if mode in _SPLIT_MODES:
+            finish(mode, tuple(sub), out)
+    views = [named["ws"][i].view(named["layouts"][i].rows, -1) for i in native]
+    grads = None
+    if "gs" in named:
+        grads = [named["gs"][i].view(v.shape) for i, v in zip(native, views, strict=True)]
+    c = [float(named["coefs"][i]) for i in native] if "coefs" in named else [1.0] * len(native)
+    cs = torch.tensor(c, dtype=torch.float64)
+    if mode == "project":
+        bounds = torch.stack([named[k].reshape(()) for k in ("lo", "hi", "rate")]).double()
+        short_rows.run(mode, views, None, cs, bounds)
+        return True, None
+    group = named["group"]
+    if mode in ("value", "value_norms"):
+        sums = cast(Tensor, short_rows.run(mode, views, None, cs))
+        total = ((sums * cs).sum() * group.double()).to(group.dtype)
+        if mode == "value":
+            return True, total if out is None else out + total
+        # short rows keep no norms: their backward reads each row once for its norm anyway
+        norms: list[Tensor | None] = [None] * len(named["ws"])
+        if out is not None:
+            total = out[0] + total
+            for i, n in zip(rest, out[1], strict=True):
+                norms[i] = n
+        return True, (total, norms)
+    # k = lr * group * c_g (decay), scale * group * c_g (gradients), step * group * c_g (prox)
+    factor = {"decay": "lr", "add_grad": "scale", "add_grad_norms": "scale"}.get(mode)
+    k = group.double() * named[factor].double() if factor else group.double()
+    short_rows.run(mode, views, grads, k * cs)
+    return True, None
 
 
 def coefs(ws: Tensors, layouts: list[Groups], scale: str) -> list[float | Tensor]:

@@ -83,6 +83,8 @@ class Kernels:
     backend: str = dataclasses.field(default_factory=get_backend)
     signatures: dict[Callable, set[tuple]] = dataclasses.field(default_factory=dict, repr=False)
     compile_failed: bool = False
+    #: the single-pass short-row kernels failed to build here (`torchpenalty.short_rows`)
+    native_failed: bool = False
     group_layouts: dict[tuple, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

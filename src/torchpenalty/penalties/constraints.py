@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import group_kernels
 from .._checks import ArrayLike, check_strength, xp
 from ..kernels import Tensors, lists, scalar
-from .base import Penalty, Scalar, accumulation_dtype, check_input, check_prox_args, register
+from .base import Penalty, Scalar, check_input, check_prox_args, register
 from .batch import Batch
 from .elementwise import ZeroGradient
 from .group import (
@@ -127,10 +127,11 @@ class NormConstraint(Constraint):
 
     def _project(self, w: ArrayLike, shard: Any = None) -> ArrayLike:
         check_input(w)
-        if isinstance(w, Tensor) and w.dtype != accumulation_dtype(w.dtype):
-            # bf16 / fp16: norms and factors in float32, one rounding at the end (as the fused
-            # kernels do), not three compounding ones
-            return self._project(w.float(), shard).to(w.dtype)
+        if isinstance(w, Tensor) and w.dtype != torch.float64 and w.is_floating_point():
+            # norms and factors in float64, one rounding at the end (as the fused kernels do):
+            # a group of subnormal float32 weights has a norm below float32's normal range
+            # and a factor ``target / n`` above its largest value
+            return self._project(w.double(), shard).to(w.dtype)
         return w * self._factor(Grouping(self.groups, "none", w, shard).norms)
 
     def project_(self, ws: Tensors, batch: Batch | None = None) -> None:

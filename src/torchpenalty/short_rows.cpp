@@ -1,0 +1,212 @@
+// Single-pass kernels for groups of a few consecutive weights (rows of WIDTH, a 3x3 kernel
+// window: 9), compiled by torchpenalty/short_rows.py with WIDTH and SCALAR defined.
+//
+// Each block of rows is read once while it is in cache: its norms, its factors, then its
+// update, so a mode costs one pass over the weights (two over weights and gradients) instead of
+// a norms pass plus an update pass. The arithmetic is the fused kernels'
+// (torchpenalty/group_kernels.py): float32 squares summed in float64; float64 rows of tiny or
+// huge entries scaled by their largest magnitude first; a divisor floored at the smallest
+// normal number (CPU division treats subnormal divisors as 0); the factor rounded to the
+// weights' dtype where it fits. NaN propagates as there.
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+#include <omp.h>
+
+namespace {
+
+constexpr int64_t kDecay = 0;    // w *= 1 - k / ||w_g||
+constexpr int64_t kProx = 1;     // w *= max(0, 1 - t / ||w_g||), 0 where ||w_g|| <= t
+constexpr int64_t kProject = 2;  // w *= target(||w_g||) / ||w_g||
+constexpr int64_t kGrad = 3;     // g += k / ||w_g|| * w
+constexpr int64_t kValue = 4;    // out = sum_g ||w_g||
+
+inline double floored(double n) { return n < DBL_MIN ? DBL_MIN : n; }  // NaN stays NaN
+
+// rows per block: a block's square roots, factors and updates run as vectors across its rows
+constexpr int kBlock = 16;
+
+// a row's squares are summed in this many partial sums (a fixed tree the compiler runs as
+// vector operations) where its width is a multiple of it
+constexpr int kLanes = 8;
+
+// sum of a row's squares in float64: in lanes for whole vectors, else in order (a tensor's
+// rows after its last whole block)
+template <typename T>
+inline double row_squares(const T* x) {
+  if constexpr (WIDTH % kLanes == 0) {
+    double acc[kLanes] = {0};
+    for (int j = 0; j < WIDTH; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(x[j + l]) * x[j + l];
+    for (int half = kLanes / 2; half > 0; half /= 2)
+      for (int l = 0; l < half; ++l) acc[l] += acc[l + half];
+    return acc[0];
+  }
+  double s = 0;
+  for (int j = 0; j < WIDTH; ++j) s += static_cast<double>(x[j]) * x[j];
+  return s;
+}
+
+// ||x|| of a float64 row scaled by its largest magnitude first (1 where that is 0 or not
+// finite), so that no square underflows or overflows
+inline double scaled_norm(const double* x) {
+  double a = 0;
+  for (int j = 0; j < WIDTH; ++j) a = std::fabs(x[j]) > a ? std::fabs(x[j]) : a;
+  double scale = (a > 0 && a <= DBL_MAX) ? a : 1.0, s = 0;
+  // divided, not multiplied by 1 / scale: that reciprocal overflows for a subnormal scale
+  for (int j = 0; j < WIDTH; ++j) s += (x[j] / scale) * (x[j] / scale);
+  return scale * std::sqrt(s);
+}
+
+// a float64 row's sum of squares at least this large lost nothing to underflow that matters
+// (a square that underflowed is below 2**-122 of it), and one at most DBL_MAX had no square
+// overflow; any other row (tiny, huge, zero, NaN) is summed again scaled (`scaled_norm`)
+constexpr double kPlainSquares = 0x1p-900;
+
+// n = sqrt(s), as vectors; float64 rows whose sum of squares `s` may have lost precision to
+// underflow or overflowed: summed again scaled
+template <typename T>
+inline void finish_norms(const T* w, int count, const double* s, double* n) {
+#pragma omp simd
+  for (int b = 0; b < kBlock; ++b) n[b] = std::sqrt(s[b]);
+  if constexpr (sizeof(T) == sizeof(double)) {
+    for (int b = 0; b < count; ++b)
+      if (!(s[b] >= kPlainSquares && s[b] <= DBL_MAX)) n[b] = scaled_norm(w + b * WIDTH);
+  }
+}
+
+// ||row|| of each of `count` rows from w (count <= kBlock), into n. Float32 squares are
+// summed in float64, where none underflows or overflows. Rows of whole vectors are summed row
+// by row; shorter ones across the rows of a whole block (strided loads within a few cache
+// lines) rather than in one horizontal reduction per row.
+template <typename T>
+inline void norms(const T* w, int count, double* n) {
+  if constexpr (WIDTH % kLanes != 0) {
+    if (count == kBlock) {
+      double s[kBlock] = {0};  // its own array, kept in registers across the loop
+      for (int j = 0; j < WIDTH; ++j) {
+#pragma omp simd
+        for (int b = 0; b < kBlock; ++b) {
+          double v = w[b * WIDTH + j];
+          s[b] += v * v;
+        }
+      }
+      finish_norms(w, kBlock, s, n);
+      return;
+    }
+  }
+  double s[kBlock] = {0};
+  for (int b = 0; b < count; ++b) s[b] = row_squares(w + b * WIDTH);
+  finish_norms(w, count, s, n);
+}
+
+template <int64_t MODE>
+inline double factor(double n, double k, const double* shared) {
+  if constexpr (MODE == kDecay) {
+    return 1.0 - (n == 0 ? 0.0 : k / floored(n));
+  } else if constexpr (MODE == kProx) {
+    double f = 1.0 - k / floored(n);
+    f = f < 0 ? 0.0 : f;
+    return n <= k ? 0.0 : f;
+  } else if constexpr (MODE == kProject) {
+    double lo = shared[0], hi = shared[1], rate = shared[2];
+    double clipped = n < lo ? lo : n;
+    clipped = clipped > hi ? hi : clipped;
+    return n == 0 ? 1.0 : (rate * clipped + (1 - rate) * n) / floored(n);
+  } else {
+    return n == 0 ? 0.0 : k / floored(n);
+  }
+}
+
+constexpr double kScalarMax = sizeof(SCALAR) == sizeof(float) ? FLT_MAX : DBL_MAX;
+
+// w *= f or g += f * w over `count` rows, each row's factor spelled out per weight so that the
+// update runs as whole vectors over the block; in type F, then rounded once to the weights'
+template <int64_t MODE, typename F, int COUNT>
+inline void update(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const double* f, int count) {
+  if constexpr (COUNT > 0) count = COUNT;  // a whole block: fixed trip counts
+  F fe[kBlock * WIDTH];
+  for (int b = 0; b < count; ++b)
+    for (int j = 0; j < WIDTH; ++j) fe[b * WIDTH + j] = static_cast<F>(f[b]);
+  if constexpr (MODE == kGrad) {
+#pragma omp simd
+    for (int e = 0; e < count * WIDTH; ++e) g[e] += static_cast<SCALAR>(fe[e] * w[e]);
+  } else {
+#pragma omp simd
+    for (int e = 0; e < count * WIDTH; ++e) w[e] = static_cast<SCALAR>(fe[e] * w[e]);
+  }
+}
+
+// one block of `count` consecutive rows starting at row r0
+template <int64_t MODE>
+inline void block(SCALAR* __restrict__ w, SCALAR* __restrict__ g, int64_t r0, int count,
+                  double k, const double* shared, double& sum) {
+  SCALAR* __restrict__ rows = w + r0 * WIDTH;
+  double n[kBlock] = {0}, f[kBlock];
+  norms(rows, count, n);
+  if constexpr (MODE == kValue) {
+    for (int b = 0; b < count; ++b) sum += n[b];
+    return;
+  }
+#pragma omp simd
+  for (int b = 0; b < kBlock; ++b) f[b] = factor<MODE>(n[b], k, shared);
+  bool narrow = true;  // every factor fits the weights' dtype
+  for (int b = 0; b < count; ++b) narrow &= std::fabs(f[b]) <= kScalarMax;
+  if (!narrow) {  // a row of subnormal weights: its 1 / ||w_g|| exceeds float32's range
+    update<MODE, double, 0>(rows, g + r0 * WIDTH, f, count);
+  } else if (count == kBlock) {
+    update<MODE, SCALAR, kBlock>(rows, g + r0 * WIDTH, f, count);
+  } else {
+    update<MODE, SCALAR, 0>(rows, g + r0 * WIDTH, f, count);
+  }
+}
+
+template <int64_t MODE>
+void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* rows, const double* params,
+         const double* shared, double* out, int64_t count) {
+  // per thread and tensor, summed in thread order afterwards: the same total on every call
+  std::vector<double> partial(MODE == kValue ? count * omp_get_max_threads() : 0, 0.0);
+#pragma omp parallel
+  {
+    int tid = omp_get_thread_num();
+    for (int64_t i = 0; i < count; ++i) {
+      SCALAR* w = reinterpret_cast<SCALAR*>(w_ptrs[i]);
+      SCALAR* g = reinterpret_cast<SCALAR*>(g_ptrs[i]);
+      double k = params[i], sum = 0;
+      int64_t blocks = (rows[i] + kBlock - 1) / kBlock;
+#pragma omp for schedule(static) nowait
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        int64_t r0 = blk * kBlock;
+        int n = static_cast<int>(rows[i] - r0 < kBlock ? rows[i] - r0 : kBlock);
+        block<MODE>(w, g, r0, n, k, shared, sum);
+      }
+      if constexpr (MODE == kValue) partial[tid * count + i] = sum;
+    }
+  }
+  if constexpr (MODE == kValue) {
+    int threads = static_cast<int>(partial.size() / (count ? count : 1));
+    for (int64_t i = 0; i < count; ++i) {
+      double total = 0;
+      for (int t = 0; t < threads; ++t) total += partial[t * count + i];
+      out[i] = total;
+    }
+  }
+}
+
+}  // namespace
+
+// w_ptrs, g_ptrs: each tensor's data (g_ptrs: its gradient, kGrad only); rows: its row count;
+// params: its k (decay, gradient) or t (prox); shared: lo, hi, rate (project); out: each
+// tensor's sum of norms (value).
+extern "C" void kernel(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* rows,
+                       const double* params, const double* shared, double* out, int64_t count,
+                       int64_t mode) {
+  switch (mode) {
+    case kDecay: return run<kDecay>(w_ptrs, g_ptrs, rows, params, shared, out, count);
+    case kProx: return run<kProx>(w_ptrs, g_ptrs, rows, params, shared, out, count);
+    case kProject: return run<kProject>(w_ptrs, g_ptrs, rows, params, shared, out, count);
+    case kGrad: return run<kGrad>(w_ptrs, g_ptrs, rows, params, shared, out, count);
+    case kValue: return run<kValue>(w_ptrs, g_ptrs, rows, params, shared, out, count);
+  }
+}

@@ -1,0 +1,110 @@
+"""Single-pass CPU kernels for groups of a few consecutive weights (`short_rows.cpp`).
+
+A group lasso over rows of 2 to `SHORT_ROWS` weights (a 3x3 conv's kernel windows: 9) has one
+norm per few weights. The fused kernels of `torchpenalty.group_kernels` read the rows once for
+their norms and once more for the update, and a compiler runs both passes as scalar loops over
+rows this short (1.7-2.6x the memory floor). These kernels read each row once into registers,
+then compute its norm ``n``, its factor and its update before the next row:
+
+- decay: ``w *= 1 - k / n`` (``k = lr * lam * c_g``); prox: ``w *= max(0, 1 - t / n)``, 0 where
+  ``n <= t`` (``t = step * lam * c_g``); project: ``w *= target(n) / n``;
+- gradient: ``g += k / n * w`` (``k = scale * lam * c_g``); value: ``sum_g n``.
+
+The arithmetic is the fused kernels', so both give the same exact zeros. They are built once per
+weight dtype and row width by inductor's C++ toolchain (the compiler ``torch.compile`` uses on
+CPU, with its on-disk cache), for contiguous float32 and float64 CPU tensors, and run only
+where a regularizer would run compiled kernels (never inside a user's compiled region, which
+traces the fused kernels instead).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from importlib import resources
+
+import torch
+from torch import Tensor
+
+#: rows up to this many weights run here
+SHORT_ROWS = 32
+DTYPES = {torch.float32: "float", torch.float64: "double"}
+#: the C++ kernel's mode numbers
+MODES = {
+    "decay": 0,
+    "prox": 1,
+    "project": 2,
+    "add_grad": 3,
+    "add_grad_norms": 3,
+    "value": 4,
+    "value_norms": 4,
+}
+#: the C++ entry point's arguments, in order
+_ARGTYPES = [
+    "const int64_t*",
+    "const int64_t*",
+    "const int64_t*",
+    "const double*",
+    "const double*",
+    "double*",
+    "int64_t",
+    "int64_t",
+]
+
+#: after inductor's flags: square roots may vectorize (a norm is never negative, so no errno
+#: is ever set), and so may the loops over a block's rows
+_FLAGS = ("-fno-math-errno", "-ftree-loop-vectorize")
+
+
+def width_of(w: Tensor, rows: int) -> int | None:
+    """The row width of ``w`` grouped in ``rows`` consecutive rows when these kernels take it:
+    2 to `SHORT_ROWS` weights of a float32 or float64 contiguous CPU tensor; else None."""
+    width = w.numel() // rows if rows else 0
+    ok = (
+        1 < width <= SHORT_ROWS
+        and w.dtype in DTYPES
+        and w.device.type == "cpu"
+        and w.is_contiguous()
+    )
+    return width if ok else None
+
+
+@functools.cache
+def kernel(dtype: torch.dtype, width: int) -> Callable[..., None]:
+    """The compiled C++ kernel for rows of ``width`` weights of ``dtype`` (built on first use,
+    about a second, then cached on disk by inductor). Raises where no C++ compiler works."""
+    from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+    source = resources.files(__package__).joinpath("short_rows.cpp").read_text()
+    header = f"#define WIDTH {width}\n#define SCALAR {DTYPES[dtype]}\n"
+    return CppPythonBindingsCodeCache.load_pybinding(_ARGTYPES, header + source, extra_flags=_FLAGS)
+
+
+def run(
+    mode: str,
+    ws: list[Tensor],
+    gs: list[Tensor] | None,
+    params: Tensor,
+    shared: Tensor | None = None,
+) -> Tensor | None:
+    """Run ``mode`` over ``ws``: ``(rows, width)`` views of tensors `width_of` accepts (``gs``:
+    their gradients' views, for the gradient modes), one call per dtype and width. ``params``
+    holds each tensor's ``k`` (decay, gradient) or ``t`` (prox), float64; ``shared`` the
+    projection's ``(lo, hi, rate)``. The value returns each tensor's sum of row norms
+    (float64); the other modes update ``ws`` (``gs`` for the gradient) in place."""
+    sums = torch.zeros(len(ws), dtype=torch.float64) if mode in ("value", "value_norms") else None
+    code = MODES[mode]
+    shared = torch.zeros(3, dtype=torch.float64) if shared is None else shared
+    buckets: dict[tuple[torch.dtype, int], list[int]] = {}
+    for i, w in enumerate(ws):
+        buckets.setdefault((w.dtype, int(w.shape[-1])), []).append(i)
+    for (dtype, width), idx in buckets.items():
+        targets = gs if gs is not None else ws
+        w_ptrs = torch.tensor([ws[i].data_ptr() for i in idx], dtype=torch.int64)
+        g_ptrs = torch.tensor([targets[i].data_ptr() for i in idx], dtype=torch.int64)
+        rows = torch.tensor([ws[i].shape[0] for i in idx], dtype=torch.int64)
+        out = torch.zeros(len(idx), dtype=torch.float64)
+        kernel(dtype, width)(w_ptrs, g_ptrs, rows, params[idx], shared, out, len(idx), code)
+        if sums is not None:
+            sums[idx] = out
+    return sums

@@ -1,0 +1,132 @@
+"""The single-pass short-row kernels (`torchpenalty.short_rows`) against the eager group
+penalties and torch's own norms: every mode, float32 and float64, row widths from 3 to 32, row
+counts with and without a partial last block, and zero, tiny, huge, subnormal and NaN rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchpenalty import GroupLasso, MinMaxNorm, Regularizer, UnitNorm, short_rows
+
+pytestmark = pytest.mark.slow  # each width and dtype builds its C++ kernel once (about a second)
+
+TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
+SPECIAL = {  # row -> value of every entry: zero, tiny (squares underflow), huge (overflow)
+    torch.float32: {0: 0.0, 1: 1e-30, 2: 1e30, 3: 1e-40},  # 1e-40: subnormal
+    # (float64 groups of subnormal norm are left out: every fused path floors their norm at
+    # the smallest normal number, and the eager path does not)
+    torch.float64: {0: 0.0, 1: 1e-170, 2: 1e200, 3: 1e-305},
+}
+
+
+def rows_of(w):
+    """A group per run along the last dim: each row of the (rows, width) weight."""
+    return torch.arange(w.numel()).view(w.shape) // w.shape[-1]
+
+
+def layer(rows: int, width: int, dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(rows + width)
+    m = nn.Linear(width, rows, bias=False).to(dtype)
+    with torch.no_grad():
+        for r, value in SPECIAL[dtype].items():
+            m.weight[r] = value
+        m.weight[4, 0] = 1e-3  # one tiny entry next to normal ones
+    m.weight.grad = torch.randn_like(m.weight)
+    return m
+
+
+def close(a, b, dtype):
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol, equal_nan=True)
+
+
+CASES = [
+    (rows, width, dtype)
+    for dtype in (torch.float32, torch.float64)
+    for rows, width in ((37, 9), (16, 3), (20, 17), (64, 32), (5, 9))
+]
+
+
+@pytest.mark.parametrize(
+    "rows, width, dtype", CASES, ids=[f"{r}x{w}-{str(d)[6:]}" for r, w, d in CASES]
+)
+def test_short_rows_equal_the_eager_path_in_every_mode(rows, width, dtype):
+    a, b = layer(rows, width, dtype), layer(rows, width, dtype)
+    penalty = GroupLasso(0.3, rows_of)
+    eager = Regularizer(a, penalty, backend="eager", among="all")
+    native = Regularizer(b, penalty, backend="compile", among="all")
+    hits = short_rows.kernel.cache_info().hits
+    close(eager.value(), native.value(), dtype)
+    eager.add_to_grad_()
+    native.add_to_grad_(torch.tensor(1.0, dtype=torch.float64))
+    close(a.weight.grad, b.weight.grad, dtype)
+    eager.prox_(0.5)
+    native.prox_(0.5)
+    close(a.weight, b.weight, dtype)
+    assert torch.equal(a.weight == 0, b.weight == 0)  # the same exact zeros
+    assert (b.weight[[0, 1, 3]] == 0).all() and (b.weight[2] != 0).all()  # all but the huge row
+    eager.decay_(0.01)
+    native.decay_(torch.tensor(0.01, dtype=torch.float64))  # a scheduler's tensor lr
+    close(a.weight, b.weight, dtype)
+    (ga,) = torch.autograd.grad(3.0 * eager(), a.weight)  # loss mode, as under GradScaler
+    (gb,) = torch.autograd.grad(3.0 * native(), b.weight)
+    close(ga, gb, dtype)
+    assert short_rows.kernel.cache_info().hits > hits  # the short-row kernels ran
+    assert not native._kernels.native_failed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("constraint", [UnitNorm(rows_of), MinMaxNorm(0.2, 0.6, 0.5, rows_of)])
+def test_short_row_projections_equal_the_eager_path(constraint, dtype):
+    a, b = layer(37, 9, dtype), layer(37, 9, dtype)
+    Regularizer(a, constraint, backend="eager", among="all").project_()
+    Regularizer(b, constraint, backend="compile", among="all").project_()
+    close(a.weight, b.weight, dtype)
+    norms = torch.linalg.vector_norm(b.weight.double(), dim=1)
+    assert norms[0] == 0  # a zero row stays zero
+    if isinstance(constraint, UnitNorm):  # every other row has norm 1, subnormal ones too
+        torch.testing.assert_close(norms[1:], torch.ones_like(norms[1:]), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_and_inf_rows_propagate_as_in_torch(dtype):
+    w = torch.randn(33, 9, dtype=dtype)
+    w[3, 2], w[20, 0] = float("nan"), float("inf")
+    got = short_rows.run("value", [w[:16], w[16:]], None, torch.zeros(2, dtype=torch.float64))
+    want = torch.linalg.vector_norm(w.double(), dim=1)
+    assert torch.isnan(got[0]) and torch.isinf(got[1])
+    k = torch.tensor([0.1, 0.1], dtype=torch.float64)
+    decayed = w.clone()
+    short_rows.run("decay", [decayed[:16], decayed[16:]], None, k)
+    finite = torch.isfinite(want)
+    assert torch.isnan(decayed[3]).all() and torch.equal(decayed[20], w[20])  # factor 1 at inf
+    expected = w * (1 - 0.1 / want).to(dtype).view(-1, 1)
+    close(decayed[finite], expected[finite], dtype)
+
+
+def test_norms_of_float64_rows_are_exact_over_the_whole_range():
+    """A row of equal entries ``x`` has norm ``3 * |x|`` (9 entries) for every ``x``, from the
+    smallest subnormal to the largest float64 value."""
+    x = torch.tensor([5e-324, 1e-310, 1e-200, 1e-154, 1.0, 1e154, 1e200, 1e307]).double()
+    w = x.view(-1, 1).expand(-1, 9).repeat(4, 1).contiguous()  # 32 rows: two whole blocks
+    one_per_row = [w[i : i + 1] for i in range(32)]  # each row alone: the partial-block path
+    got = short_rows.run("value", one_per_row, None, torch.zeros(32).double())
+    torch.testing.assert_close(got, 3 * x.repeat(4), rtol=1e-15, atol=0)
+    got = short_rows.run("value", [w], None, torch.zeros(1).double())
+    torch.testing.assert_close(got, (3 * x).sum().view(1) * 4, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize(
+    "w",
+    [
+        torch.randn(8, 9).t(),  # not contiguous
+        torch.randn(8, 9, dtype=torch.bfloat16),  # not float32 / float64
+        torch.randn(8, 40),  # rows longer than SHORT_ROWS
+        torch.randn(8, 1),  # one weight per row
+    ],
+    ids=["strided", "bfloat16", "long-rows", "width-1"],
+)
+def test_width_of_refuses_what_the_kernels_do_not_take(w):
+    assert short_rows.width_of(w, w.shape[0]) is None
