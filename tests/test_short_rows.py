@@ -4,8 +4,11 @@ counts with and without a partial last block, and zero, tiny, huge, subnormal an
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 from torch import nn
 
 from torchpenalty import GroupLasso, MinMaxNorm, Regularizer, UnitNorm, short_rows
@@ -130,3 +133,24 @@ def test_norms_of_float64_rows_are_exact_over_the_whole_range():
 )
 def test_width_of_refuses_what_the_kernels_do_not_take(w):
     assert short_rows.width_of(w, w.shape[0]) is None
+
+
+def test_without_a_working_compiler_the_regularizer_falls_back_and_says_so():
+    """Where the C++ kernels cannot be built, the regularizer warns once and keeps its other
+    kernels: the same results as the eager path."""
+    a, b = layer(21, 31, torch.float32), layer(21, 31, torch.float32)  # a width built nowhere else
+    eager = Regularizer(a, GroupLasso(0.3, rows_of), backend="eager", among="all")
+    native = Regularizer(b, GroupLasso(0.3, rows_of), backend="compile", among="all")
+    with (
+        inductor_config.patch({"cpp.cxx": (None, "no-such-c++-compiler")}),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        native.prox_(0.5)
+        native.prox_(0.5)
+    eager.prox_(0.5)
+    eager.prox_(0.5)
+    close(a.weight, b.weight, torch.float32)
+    said = [str(w.message) for w in caught if "short-row kernels are unavailable" in str(w.message)]
+    assert len(said) == 1 and "no-such-c++-compiler" in said[0]
+    assert native._kernels.native_failed

@@ -20,6 +20,7 @@ traces the fused kernels instead).
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from importlib import resources
 
@@ -51,10 +52,6 @@ _ARGTYPES = [
     "int64_t",
 ]
 
-#: after inductor's flags: square roots may vectorize (a norm is never negative, so no errno
-#: is ever set), and so may the loops over a block's rows
-_FLAGS = ("-fno-math-errno", "-ftree-loop-vectorize")
-
 
 def width_of(w: Tensor, rows: int) -> int | None:
     """The row width of ``w`` grouped in ``rows`` consecutive rows when these kernels take it:
@@ -74,10 +71,19 @@ def kernel(dtype: torch.dtype, width: int) -> Callable[..., None]:
     """The compiled C++ kernel for rows of ``width`` weights of ``dtype`` (built on first use,
     about a second, then cached on disk by inductor). Raises where no C++ compiler works."""
     from torch._inductor.codecache import CppPythonBindingsCodeCache
+    from torch._inductor.cpp_builder import is_gcc
 
     source = resources.files(__package__).joinpath("short_rows.cpp").read_text()
     header = f"#define WIDTH {width}\n#define SCALAR {DTYPES[dtype]}\n"
-    return CppPythonBindingsCodeCache.load_pybinding(_ARGTYPES, header + source, extra_flags=_FLAGS)
+    # after inductor's flags: square roots may vectorize (a norm is never negative, so no
+    # errno is ever set), and so may loops (inductor turns gcc's loop vectorizer off, as it
+    # vectorizes its own kernels; clang's stays on)
+    flags = ["-fno-math-errno"]
+    if is_gcc() and sys.platform != "darwin":
+        flags.append("-ftree-loop-vectorize")
+    return CppPythonBindingsCodeCache.load_pybinding(
+        _ARGTYPES, header + source, extra_flags=tuple(flags)
+    )
 
 
 def run(
