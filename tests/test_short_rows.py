@@ -154,3 +154,15 @@ def test_without_a_working_compiler_the_regularizer_falls_back_and_says_so():
     said = [str(w.message) for w in caught if "short-row kernels are unavailable" in str(w.message)]
     assert len(said) == 1 and "no-such-c++-compiler" in said[0]
     assert native._kernels.native_failed
+
+
+def test_autograd_sees_the_in_place_update():
+    """An update written through the tensor's pointer still counts as an in-place change: a
+    backward through a graph that saved the old weights raises, as it does on the eager path."""
+    for backend in ("eager", "compile"):
+        m = layer(37, 9, torch.float32)
+        reg = Regularizer(m, GroupLasso(0.3, rows_of), backend=backend, among="all")
+        loss = (m.weight**3).sum()  # saves the weight for its backward
+        reg.decay_(0.01)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()

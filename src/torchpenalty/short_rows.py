@@ -26,6 +26,7 @@ from importlib import resources
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 #: rows up to this many weights run here
 SHORT_ROWS = 32
@@ -113,4 +114,7 @@ def run(
         kernel(dtype, width)(w_ptrs, g_ptrs, rows, params[idx], shared, out, len(idx), code)
         if sums is not None:
             sums[idx] = out
+        else:  # written through pointers: autograd must still see the in-place update
+            for i in idx:
+                increment_version(targets[i])
     return sums
