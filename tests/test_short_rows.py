@@ -166,3 +166,54 @@ def test_autograd_sees_the_in_place_update():
         reg.decay_(0.01)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             loss.backward()
+
+
+def scattered_runs(run):
+    """Irregular groups: runs of ``run`` consecutive weights dealt at random to groups of
+    about 8 runs, with a group left empty (label 1 is never dealt)."""
+
+    def groups(w):
+        generator = torch.Generator().manual_seed(w.numel())
+        runs = w.numel() // run
+        labels = torch.randperm(runs, generator=generator) % max(2, runs // 8)
+        labels = torch.where(labels == 1, 0, labels)
+        return labels.repeat_interleave(run).view(w.shape)
+
+    return groups
+
+
+@pytest.mark.parametrize("scale", ["none", "sqrt_size"])
+@pytest.mark.parametrize("run", [1, 3])
+def test_irregular_groups_of_short_runs_equal_the_eager_path(run, scale):
+    a, b = layer(24, 9, torch.float32), layer(24, 9, torch.float32)
+    for m in (a, b):
+        with torch.no_grad():
+            m.weight[5, 0] = float("nan")  # one NaN group
+    penalty = GroupLasso(0.3, scattered_runs(run), scale)
+    eager = Regularizer(a, penalty, backend="eager", among="all")
+    native = Regularizer(b, penalty, backend="compile", among="all")
+    hits = short_rows.indexed_kernel.cache_info().hits
+    for reg in (eager, native):
+        reg.add_to_grad_()
+        reg.prox_(0.2)
+        reg.decay_(0.01)
+    close(a.weight.grad, b.weight.grad, torch.float32)
+    close(a.weight, b.weight, torch.float32)
+    assert torch.equal(a.weight == 0, b.weight == 0) and (b.weight == 0).any()
+    assert torch.isnan(b.weight).sum() == torch.isnan(a.weight).sum() > 0
+    with torch.no_grad():  # without the NaN group, the values and loss-mode gradients
+        a.weight.nan_to_num_(0.0)
+        b.weight.nan_to_num_(0.0)
+    close(eager.value(), native.value(), torch.float32)
+    (ga,) = torch.autograd.grad(eager(), a.weight)
+    (gb,) = torch.autograd.grad(native(), b.weight)
+    close(ga, gb, torch.float32)
+    assert short_rows.indexed_kernel.cache_info().hits > hits  # the indexed kernels ran
+
+
+def test_irregular_groups_of_short_runs_project_as_the_eager_path():
+    a, b = layer(24, 9, torch.float32), layer(24, 9, torch.float32)
+    constraint = MinMaxNorm(0.2, 0.6, 0.5, scattered_runs(1))
+    Regularizer(a, constraint, backend="eager", among="all").project_()
+    Regularizer(b, constraint, backend="compile", among="all").project_()
+    close(a.weight, b.weight, torch.float32)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -529,25 +529,40 @@ def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]
     return ok, out
 
 
+def _native_width(w: Tensor, lay: Groups) -> int | None:
+    """The run width `short_rows` takes ``w`` grouped as ``lay`` with, else None: whole rows of
+    2 to `short_rows.SHORT_ROWS` weights, or irregular groups of float32 runs of at most as
+    many (one weight for scattered groups)."""
+    if isinstance(lay, Indexed):
+        width = w.numel() // lay.group_of.numel()
+        cpu_float32 = w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous()
+        return width if cpu_float32 and width <= short_rows.SHORT_ROWS else None
+    return None if lay.cols else short_rows.width_of(w, lay.rows)
+
+
 def _native(runner: Kernels, mode: str, named: dict[str, Any]) -> list[int]:
-    """The tensors `short_rows` runs in ``mode``: whole rows of 2 to `SHORT_ROWS` contiguous
-    float32 / float64 CPU weights (and gradients of the same layout), no L1 term; its kernels
-    are built here (where that fails, once, the regularizer keeps the fused kernels)."""
+    """The tensors `short_rows` runs in ``mode``: contiguous CPU weights `_native_width` takes
+    (and gradients of the same layout), no L1 term; its kernels are built here (where that
+    fails, once, the regularizer keeps the fused kernels)."""
     if mode not in short_rows.MODES or runner.native_failed or named.get("has_l1"):
         return []
     ws, gs = named["ws"], named.get("gs")
     chosen = []
     for i, (w, lay) in enumerate(zip(ws, named["layouts"], strict=True)):
-        if not isinstance(lay, Layout) or lay.cols or short_rows.width_of(w, lay.rows) is None:
+        width = _native_width(w, lay)
+        if width is None:
             continue
         if gs is not None and not (
             gs[i].dtype == w.dtype and gs[i].shape == w.shape and gs[i].is_contiguous()
         ):
             continue
-        chosen.append(i)
+        chosen.append((i, width))
     try:
-        for i in chosen:
-            short_rows.kernel(ws[i].dtype, ws[i].numel() // named["layouts"][i].rows)
+        for i, width in chosen:
+            if isinstance(named["layouts"][i], Indexed):
+                short_rows.indexed_kernel(width)
+            else:
+                short_rows.kernel(ws[i].dtype, width)
     except Exception as exc:  # no working C++ toolchain: the compiled kernels still may work
         runner.native_failed = True
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -558,7 +573,7 @@ def _native(runner: Kernels, mode: str, named: dict[str, Any]) -> list[int]:
             stacklevel=4,
         )
         return []
-    return chosen
+    return [i for i, _ in chosen]
 
 
 def _run_with_native(
@@ -576,34 +591,56 @@ def _run_with_native(
             return False, None
         if mode in _SPLIT_MODES:
             finish(mode, tuple(sub), out)
-    views = [named["ws"][i].view(named["layouts"][i].rows, -1) for i in native]
-    grads = None
-    if "gs" in named:
-        grads = [named["gs"][i].view(v.shape) for i, v in zip(native, views, strict=True)]
-    c = [float(named["coefs"][i]) for i in native] if "coefs" in named else [1.0] * len(native)
-    cs = torch.tensor(c, dtype=torch.float64)
-    if mode == "project":
-        bounds = torch.stack([named[k].reshape(()) for k in ("lo", "hi", "rate")]).double()
-        short_rows.run(mode, views, None, cs, bounds)
-        return True, None
-    group = named["group"]
-    if mode in ("value", "value_norms"):
-        sums = cast(Tensor, short_rows.run(mode, views, None, cs))
-        total = ((sums * cs).sum() * group.double()).to(group.dtype)
-        if mode == "value":
-            return True, total if out is None else out + total
-        # short rows keep no norms: their backward reads each row once for its norm anyway
+    value = _native_part(mode, named, native)
+    if mode == "value":
+        return True, value if out is None else out + value
+    if mode == "value_norms":
+        # short runs keep no norms: their backward reads each run once for its norm anyway
         norms: list[Tensor | None] = [None] * len(named["ws"])
         if out is not None:
-            total = out[0] + total
+            value = out[0] + value
             for i, n in zip(rest, out[1], strict=True):
                 norms[i] = n
-        return True, (total, norms)
-    # k = lr * group * c_g (decay), scale * group * c_g (gradients), step * group * c_g (prox)
-    factor = {"decay": "lr", "add_grad": "scale", "add_grad_norms": "scale"}.get(mode)
-    k = group.double() * named[factor].double() if factor else group.double()
-    short_rows.run(mode, views, grads, k * cs)
+        return True, (value, norms)
     return True, None
+
+
+def _native_part(mode: str, named: dict[str, Any], native: list[int]) -> Tensor | None:
+    """Run ``mode`` in `short_rows` over the tensors ``native``: the value's total, or None."""
+    layouts, ws, gs = named["layouts"], named["ws"], named.get("gs")
+    if mode == "project":
+        shared = torch.stack([named[k].reshape(()) for k in ("lo", "hi", "rate")]).double()
+        k = torch.ones(1, dtype=torch.float64)
+    else:
+        shared = None
+        # k = lr * group (decay), scale * group (gradients), step * group (prox), before c_g
+        factor = {"decay": "lr", "add_grad": "scale", "add_grad_norms": "scale"}.get(mode)
+        k = named["group"].double().reshape(1)
+        k = k * named[factor].double() if factor else k
+    coefs = named.get("coefs", [1.0] * len(ws))
+    rows = [i for i in native if isinstance(layouts[i], Layout)]
+    total = torch.zeros((), dtype=torch.float64)
+    if rows:
+        views = [ws[i].view(layouts[i].rows, -1) for i in rows]
+        grads = [gs[i].view(v.shape) for i, v in zip(rows, views, strict=True)] if gs else None
+        cs = torch.tensor([float(coefs[i]) for i in rows], dtype=torch.float64)
+        sums = short_rows.run(mode, views, grads, k * cs, shared)
+        if sums is not None:
+            total = total + (sums * cs).sum()
+    for i in native:
+        lay = layouts[i]
+        if isinstance(lay, Indexed):
+            c = coefs[i]
+            cs = c if isinstance(c, Tensor) else torch.full((lay.size,), c, dtype=torch.float64)
+            g = gs[i] if gs else None
+            index = lay.group_of.contiguous()
+            part = short_rows.run_indexed(mode, ws[i], g, index, cs, k, shared)
+            if part is not None:
+                total = total + part
+    if mode not in ("value", "value_norms"):
+        return None
+    group = named["group"]
+    return (total * group.double()).to(group.dtype)
 
 
 def coefs(ws: Tensors, layouts: list[Groups], scale: str) -> list[float | Tensor]:

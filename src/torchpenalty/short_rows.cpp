@@ -1,5 +1,5 @@
 // Single-pass kernels for groups of a few consecutive weights (rows of WIDTH, a 3x3 kernel
-// window: 9), compiled by torchpenalty/short_rows.py with WIDTH and SCALAR defined.
+// window: 9), compiled by torchpenalty/short_rows.py after group_factors.h, with WIDTH and SCALAR defined.
 //
 // Each block of rows is read once while it is in cache: its norms, its factors, then its
 // update, so a mode costs one pass over the weights (two over weights and gradients) instead of
@@ -8,21 +8,7 @@
 // huge entries scaled by their largest magnitude first; a divisor floored at the smallest
 // normal number (CPU division treats subnormal divisors as 0); the factor rounded to the
 // weights' dtype where it fits. NaN propagates as there.
-#include <cfloat>
-#include <cmath>
-#include <cstdint>
-#include <vector>
-#include <omp.h>
-
 namespace {
-
-constexpr int64_t kDecay = 0;    // w *= 1 - k / ||w_g||
-constexpr int64_t kProx = 1;     // w *= max(0, 1 - t / ||w_g||), 0 where ||w_g|| <= t
-constexpr int64_t kProject = 2;  // w *= target(||w_g||) / ||w_g||
-constexpr int64_t kGrad = 3;     // g += k / ||w_g|| * w
-constexpr int64_t kValue = 4;    // out = sum_g ||w_g||
-
-inline double floored(double n) { return n < DBL_MIN ? DBL_MIN : n; }  // NaN stays NaN
 
 // rows per block: a block's square roots, factors and updates run as vectors across its rows
 constexpr int kBlock = 16;
@@ -99,24 +85,6 @@ inline void norms(const T* w, int count, double* n) {
   double s[kBlock] = {0};
   for (int b = 0; b < count; ++b) s[b] = row_squares(w + b * WIDTH);
   finish_norms(w, count, s, n);
-}
-
-template <int64_t MODE>
-inline double factor(double n, double k, const double* shared) {
-  if constexpr (MODE == kDecay) {
-    return 1.0 - (n == 0 ? 0.0 : k / floored(n));
-  } else if constexpr (MODE == kProx) {
-    double f = 1.0 - k / floored(n);
-    f = f < 0 ? 0.0 : f;
-    return n <= k ? 0.0 : f;
-  } else if constexpr (MODE == kProject) {
-    double lo = shared[0], hi = shared[1], rate = shared[2];
-    double clipped = n < lo ? lo : n;
-    clipped = clipped > hi ? hi : clipped;
-    return n == 0 ? 1.0 : (rate * clipped + (1 - rate) * n) / floored(n);
-  } else {
-    return n == 0 ? 0.0 : k / floored(n);
-  }
 }
 
 constexpr double kScalarMax = sizeof(SCALAR) == sizeof(float) ? FLT_MAX : DBL_MAX;

@@ -54,6 +54,20 @@ _ARGTYPES = [
 ]
 
 
+_INDEXED_ARGTYPES = [
+    "float*",
+    "float*",
+    "const int32_t*",
+    "const double*",
+    "const double*",
+    "const double*",
+    "double*",
+    "int64_t",
+    "int64_t",
+    "int64_t",
+]
+
+
 def width_of(w: Tensor, rows: int) -> int | None:
     """The row width of ``w`` grouped in ``rows`` consecutive rows when these kernels take it:
     2 to `SHORT_ROWS` weights of a float32 or float64 contiguous CPU tensor; else None."""
@@ -67,24 +81,62 @@ def width_of(w: Tensor, rows: int) -> int | None:
     return width if ok else None
 
 
-@functools.cache
-def kernel(dtype: torch.dtype, width: int) -> Callable[..., None]:
-    """The compiled C++ kernel for rows of ``width`` weights of ``dtype`` (built on first use,
-    about a second, then cached on disk by inductor). Raises where no C++ compiler works."""
+def _build(source: str, argtypes: list[str], defines: dict[str, object]) -> Callable[..., None]:
+    """``group_factors.h`` then ``source`` (files of this package), compiled with ``defines``
+    by inductor's C++ toolchain and loaded. Raises where no C++ compiler works."""
     from torch._inductor.codecache import CppPythonBindingsCodeCache
     from torch._inductor.cpp_builder import is_gcc
 
-    source = resources.files(__package__).joinpath("short_rows.cpp").read_text()
-    header = f"#define WIDTH {width}\n#define SCALAR {DTYPES[dtype]}\n"
+    files = resources.files(__package__)
+    text = "".join(f"#define {name} {value}\n" for name, value in defines.items())
+    text += files.joinpath("group_factors.h").read_text() + files.joinpath(source).read_text()
     # after inductor's flags: square roots may vectorize (a norm is never negative, so no
     # errno is ever set), and so may loops (inductor turns gcc's loop vectorizer off, as it
     # vectorizes its own kernels; clang's stays on)
     flags = ["-fno-math-errno"]
     if is_gcc() and sys.platform != "darwin":
         flags.append("-ftree-loop-vectorize")
-    return CppPythonBindingsCodeCache.load_pybinding(
-        _ARGTYPES, header + source, extra_flags=tuple(flags)
-    )
+    return CppPythonBindingsCodeCache.load_pybinding(argtypes, text, extra_flags=tuple(flags))
+
+
+@functools.cache
+def kernel(dtype: torch.dtype, width: int) -> Callable[..., None]:
+    """The compiled C++ kernel for rows of ``width`` weights of ``dtype`` (built on first use,
+    about a second, then cached on disk by inductor). Raises where no C++ compiler works."""
+    return _build("short_rows.cpp", _ARGTYPES, {"WIDTH": width, "SCALAR": DTYPES[dtype]})
+
+
+@functools.cache
+def indexed_kernel(width: int) -> Callable[..., None]:
+    """The compiled C++ kernel for irregular groups of float32 runs of ``width`` weights
+    (`indexed_runs.cpp`). Raises where no C++ compiler works."""
+    return _build("indexed_runs.cpp", _INDEXED_ARGTYPES, {"WIDTH": width})
+
+
+def run_indexed(
+    mode: str,
+    w: Tensor,
+    g: Tensor | None,
+    group_of: Tensor,
+    c: Tensor,
+    k: Tensor,
+    shared: Tensor | None = None,
+) -> Tensor | None:
+    """Run ``mode`` over one contiguous float32 CPU tensor ``w`` (``g``: its gradient, for the
+    gradient modes) whose runs of ``numel // len(group_of)`` weights belong to the groups
+    ``group_of`` (int32), of coefficients ``c`` (float64, one per group); ``k`` (float64, one
+    element): the mode's ``k`` or ``t`` before ``c_g``. The value returns ``sum_g c_g
+    ||w_g||`` (a float64 0-dim tensor); the other modes update ``w`` (``g``) in place."""
+    value = torch.zeros((), dtype=torch.float64)
+    shared = torch.zeros(3, dtype=torch.float64) if shared is None else shared
+    target = w if g is None else g
+    runs, groups = group_of.numel(), c.numel()
+    width = w.numel() // runs
+    indexed_kernel(width)(w, target, group_of, c, shared, k, value, runs, groups, MODES[mode])
+    if mode in ("value", "value_norms"):
+        return value
+    increment_version(target)  # written through its pointer: autograd must see the update
+    return None
 
 
 def run(

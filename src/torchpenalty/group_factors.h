@@ -1,0 +1,39 @@
+// The factors of the group penalties' modes, shared by short_rows.cpp and indexed_runs.cpp
+// (torchpenalty/short_rows.py puts it before either). As in torchpenalty/group_kernels.py: a
+// divisor floored at the smallest normal number (CPU division treats subnormal divisors as 0);
+// NaN propagates.
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+#include <omp.h>
+
+namespace {
+
+constexpr int64_t kDecay = 0;    // w *= 1 - k / ||w_g||
+constexpr int64_t kProx = 1;     // w *= max(0, 1 - t / ||w_g||), 0 where ||w_g|| <= t
+constexpr int64_t kProject = 2;  // w *= target(||w_g||) / ||w_g||
+constexpr int64_t kGrad = 3;     // g += k / ||w_g|| * w
+constexpr int64_t kValue = 4;    // out = sum_g ||w_g||
+
+inline double floored(double n) { return n < DBL_MIN ? DBL_MIN : n; }  // NaN stays NaN
+
+template <int64_t MODE>
+inline double factor(double n, double k, const double* shared) {
+  if constexpr (MODE == kDecay) {
+    return 1.0 - (n == 0 ? 0.0 : k / floored(n));
+  } else if constexpr (MODE == kProx) {
+    double f = 1.0 - k / floored(n);
+    f = f < 0 ? 0.0 : f;
+    return n <= k ? 0.0 : f;
+  } else if constexpr (MODE == kProject) {
+    double lo = shared[0], hi = shared[1], rate = shared[2];
+    double clipped = n < lo ? lo : n;
+    clipped = clipped > hi ? hi : clipped;
+    return n == 0 ? 1.0 : (rate * clipped + (1 - rate) * n) / floored(n);
+  } else {
+    return n == 0 ? 0.0 : k / floored(n);
+  }
+}
+
+}  // namespace
