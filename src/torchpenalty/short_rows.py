@@ -1,20 +1,25 @@
-"""Single-pass CPU kernels for groups of a few consecutive weights (`short_rows.cpp`).
+"""C++ kernels for groups made of short runs of consecutive weights, on CPU.
 
 A group lasso over rows of 2 to `SHORT_ROWS` weights (a 3x3 conv's kernel windows: 9) has one
 norm per few weights. The fused kernels of `torchpenalty.group_kernels` read the rows once for
-their norms and once more for the update, and a compiler runs both passes as scalar loops over
-rows this short (1.7-2.6x the memory floor). These kernels read each row once into registers,
-then compute its norm ``n``, its factor and its update before the next row:
+their norms and once more for the update, and inductor runs both passes as scalar loops over
+rows this short (1.7-2.6x the memory floor). `short_rows.cpp` reads each block of 16 rows once,
+while it is in cache, for their norms ``n``, factors and update:
 
 - decay: ``w *= 1 - k / n`` (``k = lr * lam * c_g``); prox: ``w *= max(0, 1 - t / n)``, 0 where
   ``n <= t`` (``t = step * lam * c_g``); project: ``w *= target(n) / n``;
 - gradient: ``g += k / n * w`` (``k = scale * lam * c_g``); value: ``sum_g n``.
 
-The arithmetic is the fused kernels', so both give the same exact zeros. They are built once per
-weight dtype and row width by inductor's C++ toolchain (the compiler ``torch.compile`` uses on
-CPU, with its on-disk cache), for contiguous float32 and float64 CPU tensors, and run only
-where a regularizer would run compiled kernels (never inside a user's compiled region, which
-traces the fused kernels instead).
+Irregular groups (a callable's scattered indices, `group_kernels.Indexed`) of float32 runs of at
+most `SHORT_ROWS` weights run in `indexed_runs.cpp`: each thread sums its runs' squares into
+its own per-group accumulator, then one pass scales each run (the compiled path scatters a
+float64 square per weight and gathers a factor per weight: 12-29x the floor).
+
+The arithmetic is the fused kernels' (`group_factors.h`), so both give the same exact zeros.
+The kernels are built once per row width and dtype by inductor's C++ toolchain (the compiler
+``torch.compile`` uses on CPU, with its on-disk cache), for contiguous CPU tensors, and run
+only where a regularizer would run compiled kernels (never inside a user's compiled region,
+which traces the fused kernels instead).
 """
 
 from __future__ import annotations
