@@ -1,5 +1,6 @@
 // Single-pass kernels for groups of a few consecutive weights (rows of WIDTH, a 3x3 kernel
-// window: 9), compiled by torchpenalty/short_rows.py after group_factors.h, with WIDTH and SCALAR defined.
+// window: 9), compiled by torchpenalty/short_rows.py after group_factors.h, with WIDTH and
+// SCALAR defined.
 //
 // Each block of rows is read once while it is in cache: its norms, its factors, then its
 // update, so a mode costs one pass over the weights (two over weights and gradients) instead of
