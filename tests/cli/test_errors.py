@@ -150,7 +150,9 @@ def test_ctrl_c_keeps_finished_runs(tmp_path):
             "--hidden",
             "16",
             "--epochs",
-            "400",  # about 1.5 s a run: the signal lands while the second one trains
+            # about 3 s a run: the signal lands while the second one trains, even on a loaded
+            # machine (at 400 epochs, 1.5 s a run, it once arrived after the second finished)
+            "700",
             "--reg",
             "none",
             "--reg",
