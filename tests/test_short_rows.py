@@ -217,3 +217,29 @@ def test_irregular_groups_of_short_runs_project_as_the_eager_path():
     Regularizer(a, constraint, backend="eager", among="all").project_()
     Regularizer(b, constraint, backend="compile", among="all").project_()
     close(a.weight, b.weight, torch.float32)
+
+
+def test_loss_mode_of_irregular_groups_reuses_the_forward_norms():
+    """With every .grad present, the forward keeps the groups' norms (8 bytes a group) and the
+    backward adds into .grad with them: the same gradients as the eager path."""
+    a, b = layer(24, 9, torch.float32), layer(24, 9, torch.float32)
+    penalty = GroupLasso(0.3, scattered_runs(1), "sqrt_size")
+    eager = Regularizer(a, penalty, backend="eager", among="all")
+    native = Regularizer(b, penalty, backend="compile", among="all")
+    (3.0 * eager()).backward()  # a loss scale, as under GradScaler
+    (3.0 * native()).backward()
+    close(a.weight.grad, b.weight.grad, torch.float32)
+    # the kernels themselves: the kept norms are torch's, and the backward that reads them
+    # adds what the one that sums the groups again adds
+    w = b.weight.detach().reshape(-1)
+    index = scattered_runs(1)(w).to(torch.int32)
+    size = int(index.max()) + 1
+    c, k = torch.ones(size, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64)
+    norms = torch.empty(size, dtype=torch.float64)
+    short_rows.run_indexed("value_norms", w, None, index, c, k, None, norms)
+    want = torch.zeros(size, dtype=torch.float64).index_add_(0, index.long(), w.double() ** 2)
+    torch.testing.assert_close(norms, want.sqrt(), rtol=1e-12, atol=0)
+    g1, g2 = torch.zeros_like(w), torch.zeros_like(w)
+    short_rows.run_indexed("add_grad_norms", w, g1, index, c, k, None, norms)
+    short_rows.run_indexed("add_grad", w, g2, index, c, k)
+    assert torch.equal(g1, g2) and g1.abs().sum() > 0

@@ -591,12 +591,13 @@ def _run_with_native(
             return False, None
         if mode in _SPLIT_MODES:
             finish(mode, tuple(sub), out)
-    value = _native_part(mode, named, native)
+    # short rows keep no norms (their backward reads each row once for its norm anyway);
+    # irregular groups keep theirs (8 bytes a group)
+    norms: list[Tensor | None] = [None] * len(named["ws"])
+    value = _native_part(mode, named, native, norms)
     if mode == "value":
         return True, value if out is None else out + value
     if mode == "value_norms":
-        # short runs keep no norms: their backward reads each run once for its norm anyway
-        norms: list[Tensor | None] = [None] * len(named["ws"])
         if out is not None:
             value = out[0] + value
             for i, n in zip(rest, out[1], strict=True):
@@ -605,8 +606,12 @@ def _run_with_native(
     return True, None
 
 
-def _native_part(mode: str, named: dict[str, Any], native: list[int]) -> Tensor | None:
-    """Run ``mode`` in `short_rows` over the tensors ``native``: the value's total, or None."""
+def _native_part(
+    mode: str, named: dict[str, Any], native: list[int], kept: list[Tensor | None]
+) -> Tensor | None:
+    """Run ``mode`` in `short_rows` over the tensors ``native``: the value's total, or None.
+    Loss mode's forward (``value_norms``) puts irregular groups' norms in ``kept`` where
+    `_keeps_norms` allows; its backward reads them back from ``named["norms"]``."""
     layouts, ws, gs = named["layouts"], named["ws"], named.get("gs")
     if mode == "project":
         shared = torch.stack([named[k].reshape(()) for k in ("lo", "hi", "rate")]).double()
@@ -634,7 +639,11 @@ def _native_part(mode: str, named: dict[str, Any], native: list[int]) -> Tensor 
             cs = c if isinstance(c, Tensor) else torch.full((lay.size,), c, dtype=torch.float64)
             g = gs[i] if gs else None
             index = lay.group_of.contiguous()
-            part = short_rows.run_indexed(mode, ws[i], g, index, cs, k, shared)
+            norms = named["norms"][i] if mode == "add_grad_norms" else None
+            if mode == "value_norms":
+                norms = torch.empty(lay.size, dtype=torch.float64)
+                kept[i] = norms = norms if _keeps_norms(norms, ws[i]) else None
+            part = short_rows.run_indexed(mode, ws[i], g, index, cs, k, shared, norms)
             if part is not None:
                 total = total + part
     if mode not in ("value", "value_norms"):
