@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # each width and dtype builds its C++ kernel once
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
 SPECIAL = {  # row -> value of every entry: zero, tiny (squares underflow), huge (overflow)
-    torch.float32: {0: 0.0, 1: 1e-30, 2: 1e30, 3: 1e-40},  # 1e-40: subnormal
+    torch.float32: {0: 0.0, 1: 1e-30, 2: 1e30, 3: 1e-44},  # 1e-44: subnormal, 7 ulps
     # (float64 groups of subnormal norm are left out: every fused path floors their norm at
     # the smallest normal number, and the eager path does not)
     torch.float64: {0: 0.0, 1: 1e-170, 2: 1e200, 3: 1e-305},
@@ -243,3 +243,38 @@ def test_loss_mode_of_irregular_groups_reuses_the_forward_norms():
     short_rows.run_indexed("add_grad_norms", w, g1, index, c, k, None, norms)
     short_rows.run_indexed("add_grad", w, g2, index, c, k)
     assert torch.equal(g1, g2) and g1.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "rows, width, dtype",
+    [
+        (37, 9, torch.float32),
+        (37, 9, torch.float64),
+        (20, 17, torch.float32),
+        (16, 3, torch.float32),
+    ],
+    ids=["9-float32", "9-float64", "17-float32", "3-float32 (norms not kept)"],
+)
+def test_loss_mode_of_short_rows_reuses_the_forward_norms(rows, width, dtype):
+    """With every .grad present, the forward keeps each row's norm where rows have 8 weights or
+    more, and the backward divides by them; rows whose norm float32 cannot hold (the subnormal
+    row) are normed again: the same gradients as the eager path."""
+    a, b = layer(rows, width, dtype), layer(rows, width, dtype)
+    eager = Regularizer(a, GroupLasso(0.3, rows_of), backend="eager", among="all")
+    native = Regularizer(b, GroupLasso(0.3, rows_of), backend="compile", among="all")
+    (3.0 * eager()).backward()  # a loss scale, as under GradScaler
+    (3.0 * native()).backward()
+    close(a.weight.grad, b.weight.grad, dtype)
+    # the kernels themselves: the kept norms are torch's, and the backward that reads them
+    # adds what the one that norms the rows again adds
+    w = b.weight.detach()
+    kept = torch.empty(rows, dtype=dtype)
+    k = torch.tensor([0.3], dtype=torch.float64)
+    short_rows.run("value_norms", [w], None, k, None, [kept])
+    top = w.double().abs().amax(dim=1, keepdim=True).clamp(min=1e-300)  # no overflow (1e200)
+    want = (top.view(-1) * torch.linalg.vector_norm(w.double() / top, dim=1)).to(dtype)
+    torch.testing.assert_close(kept, want, rtol=TOLERANCE[dtype], atol=0)
+    g1, g2 = torch.zeros_like(w), torch.zeros_like(w)
+    short_rows.run("add_grad_norms", [w], [g1], k, None, [kept])
+    short_rows.run("add_grad", [w], [g2], k)
+    close(g1, g2, dtype)

@@ -591,8 +591,8 @@ def _run_with_native(
             return False, None
         if mode in _SPLIT_MODES:
             finish(mode, tuple(sub), out)
-    # short rows keep no norms (their backward reads each row once for its norm anyway);
-    # irregular groups keep theirs (8 bytes a group)
+    # loss mode's forward keeps the norms `_keeps_norms` allows: a short row's in the weights'
+    # dtype (rows of 8 weights and more), an irregular group's in float64
     norms: list[Tensor | None] = [None] * len(named["ws"])
     value = _native_part(mode, named, native, norms)
     if mode == "value":
@@ -610,8 +610,8 @@ def _native_part(
     mode: str, named: dict[str, Any], native: list[int], kept: list[Tensor | None]
 ) -> Tensor | None:
     """Run ``mode`` in `short_rows` over the tensors ``native``: the value's total, or None.
-    Loss mode's forward (``value_norms``) puts irregular groups' norms in ``kept`` where
-    `_keeps_norms` allows; its backward reads them back from ``named["norms"]``."""
+    Loss mode's forward (``value_norms``) puts the norms in ``kept`` where `_keeps_norms`
+    allows; its backward reads them back from ``named["norms"]``."""
     layouts, ws, gs = named["layouts"], named["ws"], named.get("gs")
     if mode == "project":
         shared = torch.stack([named[k].reshape(()) for k in ("lo", "hi", "rate")]).double()
@@ -629,7 +629,12 @@ def _native_part(
         views = [ws[i].view(layouts[i].rows, -1) for i in rows]
         grads = [gs[i].view(v.shape) for i, v in zip(rows, views, strict=True)] if gs else None
         cs = torch.tensor([float(coefs[i]) for i in rows], dtype=torch.float64)
-        sums = short_rows.run(mode, views, grads, k * cs, shared)
+        if mode == "value_norms":
+            for i, v in zip(rows, views, strict=True):
+                row_norms = v.new_empty(v.shape[0])  # one per row, in the weights' dtype
+                kept[i] = row_norms if _keeps_norms(row_norms, v) else None
+        given = named.get("norms", kept)
+        sums = short_rows.run(mode, views, grads, k * cs, shared, [given[i] for i in rows])
         if sums is not None:
             total = total + (sums * cs).sum()
     for i in native:

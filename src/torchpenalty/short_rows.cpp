@@ -107,53 +107,75 @@ inline void update(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const double*
   }
 }
 
+// loss mode: the value that also keeps each row's norm (in `kept`, the weights' dtype), and
+// the gradient that divides by it instead of norming the rows again; a float32 block with a
+// kept norm outside float32's normal range (tiny or huge rows, NaN) is normed again
+constexpr int64_t kValueKeep = 5;
+constexpr int64_t kGradKept = 6;
+
 // one block of `count` consecutive rows starting at row r0
 template <int64_t MODE>
-inline void block(SCALAR* __restrict__ w, SCALAR* __restrict__ g, int64_t r0, int count,
-                  double k, const double* shared, double& sum) {
+inline void block(SCALAR* __restrict__ w, SCALAR* __restrict__ g, SCALAR* __restrict__ kept,
+                  int64_t r0, int count, double k, const double* shared, double& sum) {
   SCALAR* __restrict__ rows = w + r0 * WIDTH;
   double n[kBlock] = {0}, f[kBlock];
-  norms(rows, count, n);
-  if constexpr (MODE == kValue) {
+  constexpr int64_t kApplied = MODE == kGradKept ? kGrad : MODE;
+  if constexpr (MODE == kGradKept) {
+    bool again = false;
+    for (int b = 0; b < count; ++b) {
+      n[b] = kept[r0 + b];
+      if constexpr (sizeof(SCALAR) == sizeof(float))
+        again |= n[b] != 0 && !(n[b] >= FLT_MIN && n[b] <= FLT_MAX);
+    }
+    if (again) norms(rows, count, n);
+  } else {
+    norms(rows, count, n);
+  }
+  if constexpr (MODE == kValue || MODE == kValueKeep) {
     for (int b = 0; b < count; ++b) sum += n[b];
+    if constexpr (MODE == kValueKeep)
+      for (int b = 0; b < count; ++b) kept[r0 + b] = static_cast<SCALAR>(n[b]);
     return;
   }
 #pragma omp simd
-  for (int b = 0; b < kBlock; ++b) f[b] = factor<MODE>(n[b], k, shared);
+  for (int b = 0; b < kBlock; ++b) f[b] = factor<kApplied>(n[b], k, shared);
   bool narrow = true;  // every factor fits the weights' dtype
   for (int b = 0; b < count; ++b) narrow &= std::fabs(f[b]) <= kScalarMax;
   if (!narrow) {  // a row of subnormal weights: its 1 / ||w_g|| exceeds float32's range
-    update<MODE, double, 0>(rows, g + r0 * WIDTH, f, count);
+    update<kApplied, double, 0>(rows, g + r0 * WIDTH, f, count);
   } else if (count == kBlock) {
-    update<MODE, SCALAR, kBlock>(rows, g + r0 * WIDTH, f, count);
+    update<kApplied, SCALAR, kBlock>(rows, g + r0 * WIDTH, f, count);
   } else {
-    update<MODE, SCALAR, 0>(rows, g + r0 * WIDTH, f, count);
+    update<kApplied, SCALAR, 0>(rows, g + r0 * WIDTH, f, count);
   }
 }
 
 template <int64_t MODE>
-void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* rows, const double* params,
-         const double* shared, double* out, int64_t count) {
+void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
+         const int64_t* rows, const double* params, const double* shared, double* out,
+         int64_t count) {
+  constexpr bool kSums = MODE == kValue || MODE == kValueKeep;
   // per thread and tensor, summed in thread order afterwards: the same total on every call
-  std::vector<double> partial(MODE == kValue ? count * omp_get_max_threads() : 0, 0.0);
+  std::vector<double> partial(kSums ? count * omp_get_max_threads() : 0, 0.0);
 #pragma omp parallel
   {
     int tid = omp_get_thread_num();
     for (int64_t i = 0; i < count; ++i) {
       SCALAR* w = reinterpret_cast<SCALAR*>(w_ptrs[i]);
       SCALAR* g = reinterpret_cast<SCALAR*>(g_ptrs[i]);
+      SCALAR* kept = reinterpret_cast<SCALAR*>(kept_ptrs[i]);
       double k = params[i], sum = 0;
       int64_t blocks = (rows[i] + kBlock - 1) / kBlock;
 #pragma omp for schedule(static) nowait
       for (int64_t blk = 0; blk < blocks; ++blk) {
         int64_t r0 = blk * kBlock;
         int n = static_cast<int>(rows[i] - r0 < kBlock ? rows[i] - r0 : kBlock);
-        block<MODE>(w, g, r0, n, k, shared, sum);
+        block<MODE>(w, g, kept, r0, n, k, shared, sum);
       }
-      if constexpr (MODE == kValue) partial[tid * count + i] = sum;
+      if constexpr (kSums) partial[tid * count + i] = sum;
     }
   }
-  if constexpr (MODE == kValue) {
+  if constexpr (kSums) {
     int threads = static_cast<int>(partial.size() / (count ? count : 1));
     for (int64_t i = 0; i < count; ++i) {
       double total = 0;
@@ -165,17 +187,22 @@ void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* rows, cons
 
 }  // namespace
 
-// w_ptrs, g_ptrs: each tensor's data (g_ptrs: its gradient, kGrad only); rows: its row count;
-// params: its k (decay, gradient) or t (prox); shared: lo, hi, rate (project); out: each
-// tensor's sum of norms (value).
-extern "C" void kernel(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* rows,
-                       const double* params, const double* shared, double* out, int64_t count,
-                       int64_t mode) {
+// w_ptrs, g_ptrs, kept_ptrs: each tensor's data, its gradient (gradient modes) and its rows'
+// kept norms (loss mode); rows: its row count; params: its k (decay, gradient) or t (prox);
+// shared: lo, hi, rate (project); out: each tensor's sum of norms (value).
+extern "C" void kernel(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
+                       const int64_t* rows, const double* params, const double* shared,
+                       double* out, int64_t count, int64_t mode) {
+#define TORCHPENALTY_RUN(M) \
+  return run<M>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count)
   switch (mode) {
-    case kDecay: return run<kDecay>(w_ptrs, g_ptrs, rows, params, shared, out, count);
-    case kProx: return run<kProx>(w_ptrs, g_ptrs, rows, params, shared, out, count);
-    case kProject: return run<kProject>(w_ptrs, g_ptrs, rows, params, shared, out, count);
-    case kGrad: return run<kGrad>(w_ptrs, g_ptrs, rows, params, shared, out, count);
-    case kValue: return run<kValue>(w_ptrs, g_ptrs, rows, params, shared, out, count);
+    case kDecay: TORCHPENALTY_RUN(kDecay);
+    case kProx: TORCHPENALTY_RUN(kProx);
+    case kProject: TORCHPENALTY_RUN(kProject);
+    case kGrad: TORCHPENALTY_RUN(kGrad);
+    case kValue: TORCHPENALTY_RUN(kValue);
+    case kValueKeep: TORCHPENALTY_RUN(kValueKeep);
+    case kGradKept: TORCHPENALTY_RUN(kGradKept);
   }
+#undef TORCHPENALTY_RUN
 }

@@ -47,7 +47,10 @@ MODES = {
     "value_norms": 4,
 }
 #: the C++ entry point's arguments, in order
+#: loss mode's value that keeps each row's norm, and the gradient that reads it
+_KEPT_MODES = {"value_norms": 5, "add_grad_norms": 6}
 _ARGTYPES = [
+    "const int64_t*",
     "const int64_t*",
     "const int64_t*",
     "const int64_t*",
@@ -162,25 +165,34 @@ def run(
     gs: list[Tensor] | None,
     params: Tensor,
     shared: Tensor | None = None,
+    kept: list[Tensor | None] | None = None,
 ) -> Tensor | None:
     """Run ``mode`` over ``ws``: ``(rows, width)`` views of tensors `width_of` accepts (``gs``:
     their gradients' views, for the gradient modes), one call per dtype and width. ``params``
     holds each tensor's ``k`` (decay, gradient) or ``t`` (prox), float64; ``shared`` the
     projection's ``(lo, hi, rate)``. The value returns each tensor's sum of row norms
-    (float64); the other modes update ``ws`` (``gs`` for the gradient) in place."""
+    (float64); the other modes update ``ws`` (``gs`` for the gradient) in place.
+
+    Loss mode: ``value_norms`` fills each given ``kept`` tensor (one entry per row, the
+    weights' dtype) with its rows' norms, and ``add_grad_norms`` divides by them instead of
+    norming the rows again (where ``kept`` has None, it norms them)."""
     sums = torch.zeros(len(ws), dtype=torch.float64) if mode in ("value", "value_norms") else None
-    code = MODES[mode]
     shared = torch.zeros(3, dtype=torch.float64) if shared is None else shared
-    buckets: dict[tuple[torch.dtype, int], list[int]] = {}
+    kept = kept or [None] * len(ws)
+    buckets: dict[tuple[torch.dtype, int, bool], list[int]] = {}
     for i, w in enumerate(ws):
-        buckets.setdefault((w.dtype, int(w.shape[-1])), []).append(i)
-    for (dtype, width), idx in buckets.items():
-        targets = gs if gs is not None else ws
-        w_ptrs = torch.tensor([ws[i].data_ptr() for i in idx], dtype=torch.int64)
-        g_ptrs = torch.tensor([targets[i].data_ptr() for i in idx], dtype=torch.int64)
+        buckets.setdefault((w.dtype, int(w.shape[-1]), kept[i] is not None), []).append(i)
+    targets = gs if gs is not None else ws
+    for (dtype, width, keeps), idx in buckets.items():
+        code = _KEPT_MODES.get(mode, MODES[mode]) if keeps else MODES[mode]
+        kept_or_w = [kept[i] if keeps else ws[i] for i in idx]  # ws: unread, a valid pointer
+        pointers = [
+            torch.tensor([t.data_ptr() for t in ts if t is not None], dtype=torch.int64)
+            for ts in ([ws[i] for i in idx], [targets[i] for i in idx], kept_or_w)
+        ]
         rows = torch.tensor([ws[i].shape[0] for i in idx], dtype=torch.int64)
         out = torch.zeros(len(idx), dtype=torch.float64)
-        kernel(dtype, width)(w_ptrs, g_ptrs, rows, params[idx], shared, out, len(idx), code)
+        kernel(dtype, width)(*pointers, rows, params[idx], shared, out, len(idx), code)
         if sums is not None:
             sums[idx] = out
         else:  # written through pointers: autograd must still see the in-place update
