@@ -5,6 +5,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 #include <omp.h>
 
@@ -33,6 +34,18 @@ inline double factor(double n, double k, const double* shared) {
     return n == 0 ? 1.0 : (rate * clipped + (1 - rate) * n) / floored(n);
   } else {
     return n == 0 ? 0.0 : k / floored(n);
+  }
+}
+
+// calls f with the mode as a compile-time constant (std::integral_constant)
+template <typename F>
+inline void dispatch(int64_t mode, F&& f) {
+  switch (mode) {
+    case kDecay: return f(std::integral_constant<int64_t, kDecay>{});
+    case kProx: return f(std::integral_constant<int64_t, kProx>{});
+    case kProject: return f(std::integral_constant<int64_t, kProject>{});
+    case kGrad: return f(std::integral_constant<int64_t, kGrad>{});
+    case kValue: return f(std::integral_constant<int64_t, kValue>{});
   }
 }
 

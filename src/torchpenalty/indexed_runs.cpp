@@ -91,14 +91,7 @@ void run(float* __restrict__ w, float* __restrict__ g, const int32_t* __restrict
 extern "C" void kernel(float* w, float* g, const int32_t* group_of, const double* c,
                        const double* shared, const double* params, double* value, double* norms,
                        int64_t keep, int64_t runs, int64_t groups, int64_t mode) {
-#define TORCHPENALTY_RUN(M) \
-  return run<M>(w, g, group_of, c, shared, params[0], value, norms, keep, runs, groups)
-  switch (mode) {
-    case kDecay: TORCHPENALTY_RUN(kDecay);
-    case kProx: TORCHPENALTY_RUN(kProx);
-    case kProject: TORCHPENALTY_RUN(kProject);
-    case kGrad: TORCHPENALTY_RUN(kGrad);
-    case kValue: TORCHPENALTY_RUN(kValue);
-  }
-#undef TORCHPENALTY_RUN
+  dispatch(mode, [&](auto m) {
+    run<m()>(w, g, group_of, c, shared, params[0], value, norms, keep, runs, groups);
+  });
 }

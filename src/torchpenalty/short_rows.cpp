@@ -193,16 +193,10 @@ void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
 extern "C" void kernel(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
                        const int64_t* rows, const double* params, const double* shared,
                        double* out, int64_t count, int64_t mode) {
-#define TORCHPENALTY_RUN(M) \
-  return run<M>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count)
-  switch (mode) {
-    case kDecay: TORCHPENALTY_RUN(kDecay);
-    case kProx: TORCHPENALTY_RUN(kProx);
-    case kProject: TORCHPENALTY_RUN(kProject);
-    case kGrad: TORCHPENALTY_RUN(kGrad);
-    case kValue: TORCHPENALTY_RUN(kValue);
-    case kValueKeep: TORCHPENALTY_RUN(kValueKeep);
-    case kGradKept: TORCHPENALTY_RUN(kGradKept);
-  }
-#undef TORCHPENALTY_RUN
+  auto call = [&](auto m) {
+    run<m()>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count);
+  };
+  if (mode == kValueKeep) return call(std::integral_constant<int64_t, kValueKeep>{});
+  if (mode == kGradKept) return call(std::integral_constant<int64_t, kGradKept>{});
+  dispatch(mode, call);
 }
