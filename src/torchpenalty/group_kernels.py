@@ -40,13 +40,14 @@ from torch import Tensor
 from . import short_rows
 from .kernels import Kernels, Tensors, lists, scalar
 
+# Rows of at most SHORT_ROWS weights (the short-row kernels' bound) are summed column by column
+# here too: a reduction per row of a few elements costs a horizontal reduction each (4-10x the
+# memory floor), while summing the columns vectorizes across rows (blocks of 16: 1.1-1.9x).
+SHORT_ROWS = short_rows.SHORT_ROWS
+
 GROUPINGS = ("rows", "cols", "tensor")
 #: rows summed per block before the blocks are summed: a column sum read in row-major blocks
 BLOCK_ROWS = 16
-#: rows this short are summed column by column: a reduction per row of a few elements costs a
-#: horizontal reduction each (4-10x the memory floor), while summing the columns vectorizes
-#: across rows (blocks of 16 weights: 1.1-1.9x)
-SHORT_ROWS = 32
 #: float dtypes whose short-row updates run as row factors, then one eager broadcast pass
 #: (`_scaled_rows`); lower precision keeps the fused update, which rounds once
 ROW_FACTOR_DTYPES = (torch.float32, torch.float64)
@@ -493,7 +494,8 @@ def finish(mode: str, args: tuple, pending: list[Tensor | None]) -> None:
 _SPLIT_MODES = ("add_grad", "add_grad_norms", "decay", "prox", "project")
 
 
-#: each kernel's arguments, by name (`_split_args`); ``group``, ``l1`` are the prox's thresholds
+#: each kernel's arguments, by name (`run`'s ``named``); ``group``, ``l1`` are the prox's
+#: thresholds
 _ARGS = {
     "value": ("ws", "layouts", "coefs", "group", "l1", "has_l1"),
     "value_norms": ("ws", "layouts", "coefs", "group", "l1", "has_l1"),
@@ -530,13 +532,9 @@ def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]
 
 
 def _native_width(w: Tensor, lay: Groups) -> int | None:
-    """The run width `short_rows` takes ``w`` grouped as ``lay`` with, else None: whole rows of
-    2 to `short_rows.SHORT_ROWS` weights, or irregular groups of float32 runs of at most as
-    many (one weight for scattered groups)."""
+    """The run width `short_rows` takes ``w`` grouped as ``lay`` with, else None."""
     if isinstance(lay, Indexed):
-        width = w.numel() // lay.group_of.numel()
-        cpu_float32 = w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous()
-        return width if cpu_float32 and width <= short_rows.SHORT_ROWS else None
+        return short_rows.indexed_width_of(w, lay.group_of.numel())
     return None if lay.cols else short_rows.width_of(w, lay.rows)
 
 

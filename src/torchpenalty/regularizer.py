@@ -265,10 +265,10 @@ class Regularizer:
         }
         self._chunks = _loss_chunks(self._buckets, self._params)
         self._bucket_runs = [(b.penalty, b.indices) for b in self._buckets]
-        if not self._sharding.sharded:
+        sharded = self._sharding.sharded
+        if not sharded:
             for b in self._buckets:
                 b.penalty.prepare(tuple(b.params), self._batch(b.params))
-        sharded = self._sharding.sharded
         self._accumulators = (
             [None] * len(self._params) if sharded else grad_accumulators(self._params)
         )

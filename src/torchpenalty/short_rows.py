@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib import resources
 
 import torch
@@ -46,9 +46,9 @@ MODES = {
     "value": 4,
     "value_norms": 4,
 }
-#: the C++ entry point's arguments, in order
 #: loss mode's value that keeps each row's norm, and the gradient that reads it
 _KEPT_MODES = {"value_norms": 5, "add_grad_norms": 6}
+#: the C++ entry points' arguments, in order
 _ARGTYPES = [
     "const int64_t*",
     "const int64_t*",
@@ -60,8 +60,6 @@ _ARGTYPES = [
     "int64_t",
     "int64_t",
 ]
-
-
 _INDEXED_ARGTYPES = [
     "float*",
     "float*",
@@ -78,17 +76,24 @@ _INDEXED_ARGTYPES = [
 ]
 
 
+def _takes(w: Tensor, dtypes: Collection[torch.dtype]) -> bool:
+    """Whether ``w`` is a contiguous CPU tensor of one of ``dtypes``: what the kernels read."""
+    return w.dtype in dtypes and w.device.type == "cpu" and w.is_contiguous()
+
+
 def width_of(w: Tensor, rows: int) -> int | None:
     """The row width of ``w`` grouped in ``rows`` consecutive rows when these kernels take it:
     2 to `SHORT_ROWS` weights of a float32 or float64 contiguous CPU tensor; else None."""
     width = w.numel() // rows if rows else 0
-    ok = (
-        1 < width <= SHORT_ROWS
-        and w.dtype in DTYPES
-        and w.device.type == "cpu"
-        and w.is_contiguous()
-    )
-    return width if ok else None
+    return width if 1 < width <= SHORT_ROWS and _takes(w, DTYPES) else None
+
+
+def indexed_width_of(w: Tensor, runs: int) -> int | None:
+    """The run width of ``w`` cut into ``runs`` runs of irregular groups when
+    `indexed_runs.cpp` takes it: 1 (scattered groups) to `SHORT_ROWS` weights of a float32
+    contiguous CPU tensor; else None."""
+    width = w.numel() // runs if runs else 0
+    return width if 0 < width <= SHORT_ROWS and _takes(w, (torch.float32,)) else None
 
 
 def _build(source: str, argtypes: list[str], defines: dict[str, object]) -> Callable[..., None]:
