@@ -25,6 +25,21 @@ def assert_same_parameters(a, b, rtol):
         torch.testing.assert_close(p, q, rtol=rtol, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
 
 
+#: rtol = atol of fused kernels against the eager path, per dtype
+TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}
+
+
+def close(a, b, dtype, equal_nan=False):
+    """``a`` and ``b`` equal within `TOLERANCE` of ``dtype``, compared in float64."""
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol, equal_nan=equal_nan)
+
+
+def last_dim_runs(w):
+    """A group per run along the last dim (a conv's kernel window; a Linear's rows)."""
+    return torch.arange(w.numel()).view(w.shape) // w.shape[-1]
+
+
 def assert_moved(model, initial):
     pairs = zip(model.parameters(), initial.parameters(), strict=True)
     assert any(not torch.equal(p, q) for p, q in pairs)

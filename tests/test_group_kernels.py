@@ -18,12 +18,9 @@ from torchpenalty import (
 )
 from torchpenalty.group_kernels import Layout, detect_layout
 
+from .helpers import close, last_dim_runs
+
 pytestmark = pytest.mark.slow  # each case compiles its kernels (a few seconds)
-
-
-def last_dim_runs(w):
-    """A group per run along the last dim (a conv's kernel window; a Linear's rows)."""
-    return torch.arange(w.numel()).view(w.shape) // w.shape[-1]
 
 
 def last_dim_index(w):
@@ -43,7 +40,6 @@ PENALTIES = [
     UnitNorm("rows"),
     MinMaxNorm(0.2, 0.6, 0.5, last_dim_runs),
 ]
-TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}
 
 
 def model(dtype, tiny):
@@ -57,11 +53,6 @@ def model(dtype, tiny):
     for p in m.parameters():
         p.grad = torch.randn_like(p)
     return m
-
-
-def close(a, b, dtype):
-    tol = TOLERANCE[dtype]
-    return torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol)
 
 
 # every penalty in float32; rows groups (plain and sparse) in float64 and bfloat16 too

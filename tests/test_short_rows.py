@@ -13,20 +13,17 @@ from torch import nn
 
 from torchpenalty import GroupLasso, MinMaxNorm, Regularizer, UnitNorm, short_rows
 
+from . import helpers
+from .helpers import TOLERANCE, last_dim_runs
+
 pytestmark = pytest.mark.slow  # each width and dtype builds its C++ kernel once (about a second)
 
-TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
 SPECIAL = {  # row -> value of every entry: zero, tiny (squares underflow), huge (overflow)
     torch.float32: {0: 0.0, 1: 1e-30, 2: 1e30, 3: 1e-44},  # 1e-44: subnormal, 7 ulps
     # (float64 groups of subnormal norm are left out: every fused path floors their norm at
     # the smallest normal number, and the eager path does not)
     torch.float64: {0: 0.0, 1: 1e-170, 2: 1e200, 3: 1e-305},
 }
-
-
-def rows_of(w):
-    """A group per run along the last dim: each row of the (rows, width) weight."""
-    return torch.arange(w.numel()).view(w.shape) // w.shape[-1]
 
 
 def layer(rows: int, width: int, dtype: torch.dtype) -> nn.Module:
@@ -41,8 +38,7 @@ def layer(rows: int, width: int, dtype: torch.dtype) -> nn.Module:
 
 
 def close(a, b, dtype):
-    tol = TOLERANCE[dtype]
-    torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol, equal_nan=True)
+    helpers.close(a, b, dtype, equal_nan=True)  # NaN rows stay NaN on both paths
 
 
 CASES = [
@@ -57,7 +53,7 @@ CASES = [
 )
 def test_short_rows_equal_the_eager_path_in_every_mode(rows, width, dtype):
     a, b = layer(rows, width, dtype), layer(rows, width, dtype)
-    penalty = GroupLasso(0.3, rows_of)
+    penalty = GroupLasso(0.3, last_dim_runs)
     eager = Regularizer(a, penalty, backend="eager", among="all")
     native = Regularizer(b, penalty, backend="compile", among="all")
     hits = short_rows.kernel.cache_info().hits
@@ -81,7 +77,9 @@ def test_short_rows_equal_the_eager_path_in_every_mode(rows, width, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("constraint", [UnitNorm(rows_of), MinMaxNorm(0.2, 0.6, 0.5, rows_of)])
+@pytest.mark.parametrize(
+    "constraint", [UnitNorm(last_dim_runs), MinMaxNorm(0.2, 0.6, 0.5, last_dim_runs)]
+)
 def test_short_row_projections_equal_the_eager_path(constraint, dtype):
     a, b = layer(37, 9, dtype), layer(37, 9, dtype)
     Regularizer(a, constraint, backend="eager", among="all").project_()
@@ -139,8 +137,8 @@ def test_without_a_working_compiler_the_regularizer_falls_back_and_says_so():
     """Where the C++ kernels cannot be built, the regularizer warns once and keeps its other
     kernels: the same results as the eager path."""
     a, b = layer(21, 31, torch.float32), layer(21, 31, torch.float32)  # a width built nowhere else
-    eager = Regularizer(a, GroupLasso(0.3, rows_of), backend="eager", among="all")
-    native = Regularizer(b, GroupLasso(0.3, rows_of), backend="compile", among="all")
+    eager = Regularizer(a, GroupLasso(0.3, last_dim_runs), backend="eager", among="all")
+    native = Regularizer(b, GroupLasso(0.3, last_dim_runs), backend="compile", among="all")
     with (
         inductor_config.patch({"cpp.cxx": (None, "no-such-c++-compiler")}),
         warnings.catch_warnings(record=True) as caught,
@@ -161,7 +159,7 @@ def test_autograd_sees_the_in_place_update():
     backward through a graph that saved the old weights raises, as it does on the eager path."""
     for backend in ("eager", "compile"):
         m = layer(37, 9, torch.float32)
-        reg = Regularizer(m, GroupLasso(0.3, rows_of), backend=backend, among="all")
+        reg = Regularizer(m, GroupLasso(0.3, last_dim_runs), backend=backend, among="all")
         loss = (m.weight**3).sum()  # saves the weight for its backward
         reg.decay_(0.01)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -260,8 +258,8 @@ def test_loss_mode_of_short_rows_reuses_the_forward_norms(rows, width, dtype):
     more, and the backward divides by them; rows whose norm float32 cannot hold (the subnormal
     row) are normed again: the same gradients as the eager path."""
     a, b = layer(rows, width, dtype), layer(rows, width, dtype)
-    eager = Regularizer(a, GroupLasso(0.3, rows_of), backend="eager", among="all")
-    native = Regularizer(b, GroupLasso(0.3, rows_of), backend="compile", among="all")
+    eager = Regularizer(a, GroupLasso(0.3, last_dim_runs), backend="eager", among="all")
+    native = Regularizer(b, GroupLasso(0.3, last_dim_runs), backend="compile", among="all")
     (3.0 * eager()).backward()  # a loss scale, as under GradScaler
     (3.0 * native()).backward()
     close(a.weight.grad, b.weight.grad, dtype)
