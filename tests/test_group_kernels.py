@@ -337,3 +337,31 @@ def test_kernel_window_groups_equal_the_eager_path(penalty):
         close(p, q, torch.float32)
         assert torch.equal(p == 0, q == 0)
     assert fused._kernels.group_layouts  # the windows were matched to a layout
+
+
+@pytest.mark.parametrize("penalty", [GroupLasso(0.3, kernel_windows), UnitNorm(kernel_windows)])
+def test_channels_last_kernel_windows_equal_the_eager_path(penalty):
+    """Channels-last conv weights have no (windows, 9) view: the fused kernels update them
+    whole (the short-row kernels and the split broadcast both need that view)."""
+
+    def conv():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(4, 8, 3, bias=False)).to(memory_format=torch.channels_last)
+        for p in m.parameters():
+            p.grad = torch.randn_like(p)
+        return m
+
+    a, b = conv(), conv()
+    assert not b[0].weight.is_contiguous()
+    eager = Regularizer(a, penalty, backend="eager", among="all")
+    fused = Regularizer(b, penalty, backend="compile", among="all")
+    for reg in (eager, fused):
+        if penalty.constraints():
+            reg.project_()
+        else:
+            reg.add_to_grad_()
+            reg.decay_(0.1)
+            reg.prox_(0.5)
+    close(a[0].weight.grad, b[0].weight.grad, torch.float32)
+    close(a[0].weight, b[0].weight, torch.float32)
+    assert torch.equal(a[0].weight == 0, b[0].weight == 0)

@@ -225,8 +225,9 @@ def _scaled_rows(w: Tensor, lay: Groups, has_l1: bool = False) -> bool:
     `finish` applies it in one eager broadcast pass. Inductor runs a broadcast over rows this
     short in masked partial vectors (a 3x3 window's decay at 3.9x its floor, 2.0x split); rows
     of whole vectors (blocks of 16) run fused at 1.4x. The L1 term of the sparse group lasso is
-    no per-row factor: it stays fused."""
-    if isinstance(lay, Indexed):
+    no per-row factor: it stays fused. So does a tensor with no ``(rows, width)`` view
+    (channels-last conv weights), which `finish` could not broadcast over."""
+    if isinstance(lay, Indexed) or not w.is_contiguous():
         return False
     width = w.numel() // lay.rows if lay.rows else 0
     return (
@@ -447,7 +448,7 @@ def _add_grad_norms(
     coefs_out: list[Tensor | None] = []
     for g, w, n, lay, c in zip(gs, ws, norms, layouts, coefs, strict=True):
         v = _flat(w, lay)
-        if _scaled_rows(w, lay, has_l1) and g.dtype == w.dtype:
+        if _scaled_rows(w, lay, has_l1) and g.dtype == w.dtype and g.is_contiguous():
             n = _norms(v, lay) if n is None else n
             coef = torch.where(n == 0, 0, scale * group * c / _floor(n))
             coefs_out.append(_row_factor(coef, w))
