@@ -1,10 +1,15 @@
 """The package's layering: no import cycles, deferred (function-level) imports included; only
-imports under ``if TYPE_CHECKING:`` are exempt."""
+imports under ``if TYPE_CHECKING:`` are exempt. And its files: every file the package reads at
+run time ships in a wheel."""
 
 from __future__ import annotations
 
 import ast
+import fnmatch
 from pathlib import Path
+
+import pytest
+import tomllib
 
 import torchpenalty
 
@@ -77,3 +82,17 @@ def test_no_import_cycles():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_every_data_file_is_package_data():
+    """A file the package reads (the C++ kernels' sources and header) that no package-data
+    pattern names works in an editable install and is missing from a wheel."""
+    pyproject = ROOT.parent.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("not a source checkout")
+    config = tomllib.loads(pyproject.read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["torchpenalty"]
+    data = [p for p in ROOT.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert data, "no data files found: the test would pass vacuously"
+    missing = [p.name for p in data if not any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
