@@ -180,10 +180,13 @@ def scattered_runs(run):
     return groups
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("scale", ["none", "sqrt_size"])
 @pytest.mark.parametrize("run", [1, 3])
-def test_irregular_groups_of_short_runs_equal_the_eager_path(run, scale):
-    a, b = layer(24, 9, torch.float32), layer(24, 9, torch.float32)
+def test_irregular_groups_of_short_runs_equal_the_eager_path(run, scale, dtype):
+    """float64 groups mix the tiny and huge rows with normal ones: their plain sums overflow,
+    and the kernel sums them again scaled."""
+    a, b = layer(24, 9, dtype), layer(24, 9, dtype)
     for m in (a, b):
         with torch.no_grad():
             m.weight[5, 0] = float("nan")  # one NaN group
@@ -195,18 +198,41 @@ def test_irregular_groups_of_short_runs_equal_the_eager_path(run, scale):
         reg.add_to_grad_()
         reg.prox_(0.2)
         reg.decay_(0.01)
-    close(a.weight.grad, b.weight.grad, torch.float32)
-    close(a.weight, b.weight, torch.float32)
+    close(a.weight.grad, b.weight.grad, dtype)
+    close(a.weight, b.weight, dtype)
     assert torch.equal(a.weight == 0, b.weight == 0) and (b.weight == 0).any()
     assert torch.isnan(b.weight).sum() == torch.isnan(a.weight).sum() > 0
     with torch.no_grad():  # without the NaN group, the values and loss-mode gradients
         a.weight.nan_to_num_(0.0)
         b.weight.nan_to_num_(0.0)
-    close(eager.value(), native.value(), torch.float32)
+    close(eager.value(), native.value(), dtype)
     (ga,) = torch.autograd.grad(eager(), a.weight)
     (gb,) = torch.autograd.grad(native(), b.weight)
-    close(ga, gb, torch.float32)
+    close(ga, gb, dtype)
     assert short_rows.indexed_kernel.cache_info().hits > hits  # the indexed kernels ran
+
+
+@pytest.mark.parametrize("run", [1, 4])
+def test_float64_irregular_groups_of_extreme_weights_have_exact_norms(run):
+    """Groups of equal weights ``v`` (norm ``|v| sqrt(size)``) from 1e-300 to 1e300: whose
+    squares underflow or overflow, next to groups of exact zeros (which alone would not need
+    a second pass) and of normal weights."""
+    values = [0.0, 1e-300, 1e-170, 1e-160, 0.5, 1e160, 1e200, 1e300, -1e-200, 0.0]
+    size = 8 * run  # weights per group
+    labels = torch.arange(len(values)).repeat_interleave(8)
+    labels = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(0))]
+    labels = labels.repeat_interleave(run)
+    w = torch.tensor(values, dtype=torch.float64)[labels].contiguous()
+    index = labels[::run].to(torch.int32)
+    c, k = torch.ones(len(values), dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    norms = torch.empty(len(values), dtype=torch.float64)
+    short_rows.run_indexed("value_norms", w, None, index, c, k, None, norms)
+    want = torch.tensor(values, dtype=torch.float64).abs() * size**0.5
+    torch.testing.assert_close(norms, want, rtol=1e-15, atol=0)
+    # the update divides by those norms: a gradient of v / ||w_g|| = sign(v) / sqrt(size)
+    g = torch.zeros_like(w)
+    short_rows.run_indexed("add_grad", w, g, index, c, k)
+    torch.testing.assert_close(g, w.sign() / size**0.5, rtol=1e-15, atol=0)
 
 
 def test_irregular_groups_of_short_runs_project_as_the_eager_path():

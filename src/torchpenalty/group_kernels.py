@@ -559,7 +559,7 @@ def _native(runner: Kernels, mode: str, named: dict[str, Any]) -> list[int]:
     try:
         for i, width in chosen:
             if isinstance(named["layouts"][i], Indexed):
-                short_rows.indexed_kernel(width)
+                short_rows.indexed_kernel(ws[i].dtype, width)
             else:
                 short_rows.kernel(ws[i].dtype, width)
     except Exception as exc:  # no working C++ toolchain: the compiled kernels still may work

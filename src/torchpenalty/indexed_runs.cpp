@@ -1,16 +1,22 @@
-// Kernels for irregular groups of float32 weights (torchpenalty/group_kernels.py's `Indexed`):
-// the flat tensor is cut into runs of WIDTH consecutive weights (one weight for scattered
-// groups), and group_of[r] names run r's group. Compiled by torchpenalty/short_rows.py after
-// group_factors.h, with WIDTH defined.
+// Kernels for irregular groups (torchpenalty/group_kernels.py's `Indexed`) of float32 or
+// float64 weights: the flat tensor is cut into runs of WIDTH consecutive weights (one weight for
+// scattered groups), and group_of[r] names run r's group. Compiled by torchpenalty/short_rows.py
+// after group_factors.h, with WIDTH and SCALAR defined.
 //
 // Two passes, the floor of any group penalty: each thread sums the squares of its runs into its
-// own per-group accumulator (float64: no square underflows or overflows; groups are few next to
-// weights, so the accumulators stay in cache and need no atomics), the accumulators are added
-// in thread order (the same norms on every call), then one pass scales each run by its group's
-// factor, multiplied in float64 and rounded once. The compiled alternative materializes a
-// float64 square per weight, scatters it with index_add and gathers a factor per weight. Loss
+// own per-group accumulator (float64, so no float32 square underflows or overflows; groups are
+// few next to weights, so the accumulators stay in cache and need no atomics), the accumulators
+// are added in thread order (the same norms on every call), then one pass scales each run by its
+// group's factor, multiplied in float64 and rounded once. The compiled alternative materializes
+// a float64 square per weight, scatters it with index_add and gathers a factor per weight. Loss
 // mode keeps the groups' norms from its forward (8 bytes a group), so its backward is the
 // scaling pass alone.
+//
+// float64 squares can underflow or overflow: where a group's plain sum may have lost precision
+// (below kPlainSquares, or infinite, and not a group of exact zeros), every group of the tensor
+// is summed again scaled by its largest magnitude (two passes more: rare weights only).
+#include <algorithm>
+
 namespace {
 
 // what happens to the groups' norms: computed only, also written to `norms` (loss mode's
@@ -19,67 +25,136 @@ constexpr int64_t kComputeNorms = 0;
 constexpr int64_t kWriteNorms = 1;
 constexpr int64_t kReadNorms = 2;
 
+// a float64 group's sum of squares at least this large lost nothing to underflow that matters,
+// and one at most DBL_MAX had no square overflow (as in short_rows.cpp)
+constexpr double kPlainSquares = 0x1p-900;
+// a weight below this magnitude (and not 0) has a square below kPlainSquares
+constexpr double kTiny = 0x1p-450;
+
+// each group's largest magnitude (1 where that is 0 or not finite) into scale, then its norm,
+// with squares scaled by it, into n: exact for float64 groups of tiny and huge weights
+void scaled_norms(const SCALAR* w, const int32_t* group_of, int64_t runs, int64_t groups,
+                  std::vector<double>& acc, double* scale, double* n) {
+  int threads = omp_get_max_threads();
+  std::fill(acc.begin(), acc.end(), 0.0);
+#pragma omp parallel
+  {
+    double* mine = acc.data() + static_cast<size_t>(omp_get_thread_num()) * groups;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < runs; ++r)
+      for (int j = 0; j < WIDTH; ++j) {
+        double a = std::fabs(static_cast<double>(w[r * WIDTH + j]));
+        double& m = mine[group_of[r]];
+        m = a > m || a != a ? a : m;  // NaN wins, as in torch's amax
+      }
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < groups; ++q) {
+      double a = 0;
+      for (int t = 0; t < threads; ++t) {
+        double m = acc[static_cast<size_t>(t) * groups + q];
+        a = m > a || m != m ? m : a;
+      }
+      scale[q] = (a > 0 && a <= DBL_MAX) ? a : 1.0;
+    }
+  }
+  std::fill(acc.begin(), acc.end(), 0.0);
+#pragma omp parallel
+  {
+    double* mine = acc.data() + static_cast<size_t>(omp_get_thread_num()) * groups;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < runs; ++r) {
+      // divided, not multiplied by 1 / scale: that reciprocal overflows for a subnormal scale
+      double sc = scale[group_of[r]], s = 0;
+      for (int j = 0; j < WIDTH; ++j) {
+        double x = static_cast<double>(w[r * WIDTH + j]) / sc;
+        s += x * x;
+      }
+      mine[group_of[r]] += s;
+    }
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < groups; ++q) {
+      double s = 0;
+      for (int t = 0; t < threads; ++t) s += acc[static_cast<size_t>(t) * groups + q];
+      n[q] = scale[q] * std::sqrt(s);
+    }
+  }
+}
+
 template <int64_t MODE>
-void run(float* __restrict__ w, float* __restrict__ g, const int32_t* __restrict__ group_of,
+void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restrict__ group_of,
          const double* c, const double* shared, double k, double* value, double* norms,
          int64_t keep, int64_t runs, int64_t groups) {
   int threads = omp_get_max_threads();
   bool sums = keep != kReadNorms;
+  // the threads' accumulators; the first row becomes the groups' norms, then their factors
   std::vector<double> acc(static_cast<size_t>(sums ? threads : 1) * groups, 0.0);
-  std::vector<double> parts(threads, 0.0);
-#pragma omp parallel
-  {
-    int tid = omp_get_thread_num();
-    if (sums) {
-      double* mine = acc.data() + static_cast<size_t>(tid) * groups;
+  double* n = acc.data();
+  if (sums) {
+    bool tiny = false;  // a float64 weight whose square may have underflowed
+#pragma omp parallel reduction(|| : tiny)
+    {
+      double* mine = acc.data() + static_cast<size_t>(omp_get_thread_num()) * groups;
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < runs; ++r) {
-        const float* x = w + r * WIDTH;
+        const SCALAR* x = w + r * WIDTH;
         double s = 0;
-        for (int j = 0; j < WIDTH; ++j) s += static_cast<double>(x[j]) * x[j];
+        for (int j = 0; j < WIDTH; ++j) {
+          double v = static_cast<double>(x[j]);
+          s += v * v;
+          if constexpr (std::is_same_v<SCALAR, double>) tiny = tiny || (v != 0 && std::fabs(v) < kTiny);
+        }
         mine[group_of[r]] += s;
       }
     }
-    // acc's first row becomes the groups' norms (value) or factors (the other modes)
-    double part = 0;
-#pragma omp for schedule(static)
+    bool rescan = false;
+#pragma omp parallel for schedule(static) reduction(|| : rescan)
     for (int64_t q = 0; q < groups; ++q) {
-      double n;
-      if (sums) {
-        double s = 0;
-        for (int t = 0; t < threads; ++t) s += acc[static_cast<size_t>(t) * groups + q];
-        n = std::sqrt(s);
-        if (keep == kWriteNorms) norms[q] = n;
-      } else {
-        n = norms[q];
-      }
-      if constexpr (MODE == kValue) {
-        part += c[q] * n;
-      } else {
-        acc[q] = factor<MODE>(n, k * c[q], shared);
-      }
+      double s = 0;
+      for (int t = 0; t < threads; ++t) s += acc[static_cast<size_t>(t) * groups + q];
+      if constexpr (std::is_same_v<SCALAR, double>)
+        rescan = rescan || (!(s >= kPlainSquares && s <= DBL_MAX) && !(s == 0 && !tiny));
+      n[q] = std::sqrt(s);
     }
-    parts[tid] = part;
-    if constexpr (MODE != kValue) {
-      const double* f = acc.data();
+    if (rescan) {
+      std::vector<double> scale(groups), exact(groups);
+      scaled_norms(w, group_of, runs, groups, acc, scale.data(), exact.data());
+      std::copy(exact.begin(), exact.end(), n);
+    }
+    if (keep == kWriteNorms) std::copy(n, n + groups, norms);
+  } else {
+    std::copy(norms, norms + groups, n);
+  }
+  if constexpr (MODE == kValue) {
+    // summed per thread, then in thread order: the same value on every call
+    std::vector<double> parts(threads, 0.0);
+#pragma omp parallel
+    {
+      double part = 0;
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < groups; ++q) part += c[q] * n[q];
+      parts[omp_get_thread_num()] = part;
+    }
+    double total = 0;
+    for (int t = 0; t < threads; ++t) total += parts[t];
+    *value = total;
+  } else {
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < groups; ++q) n[q] = factor<MODE>(n[q], k * c[q], shared);
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < runs; ++r) {
-        double fr = f[group_of[r]];
+        double fr = n[group_of[r]];
         for (int j = 0; j < WIDTH; ++j) {
           int64_t e = r * WIDTH + j;
           if constexpr (MODE == kGrad) {
-            g[e] += static_cast<float>(fr * w[e]);
+            g[e] += static_cast<SCALAR>(fr * w[e]);
           } else {
-            w[e] = static_cast<float>(fr * w[e]);
+            w[e] = static_cast<SCALAR>(fr * w[e]);
           }
         }
       }
     }
-  }
-  if constexpr (MODE == kValue) {
-    double total = 0;
-    for (int t = 0; t < threads; ++t) total += parts[t];
-    *value = total;
   }
 }
 
@@ -88,7 +163,7 @@ void run(float* __restrict__ w, float* __restrict__ g, const int32_t* __restrict
 // w, g: the weights and (gradient modes) their gradient; group_of: each run's group; c: each
 // group's c_g; shared: lo, hi, rate (project); k: params[0], the mode's k or t before c_g;
 // value: sum_g c_g ||w_g|| (value mode); norms, keep: the groups' norms, kept or given.
-extern "C" void kernel(float* w, float* g, const int32_t* group_of, const double* c,
+extern "C" void kernel(SCALAR* w, SCALAR* g, const int32_t* group_of, const double* c,
                        const double* shared, const double* params, double* value, double* norms,
                        int64_t keep, int64_t runs, int64_t groups, int64_t mode) {
   dispatch(mode, [&](auto m) {

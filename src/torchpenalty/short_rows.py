@@ -10,10 +10,12 @@ while it is in cache, for their norms ``n``, factors and update:
   ``n <= t`` (``t = step * lam * c_g``); project: ``w *= target(n) / n``;
 - gradient: ``g += k / n * w`` (``k = scale * lam * c_g``); value: ``sum_g n``.
 
-Irregular groups (a callable's scattered indices, `group_kernels.Indexed`) of float32 runs of at
-most `SHORT_ROWS` weights run in `indexed_runs.cpp`: each thread sums its runs' squares into
-its own per-group accumulator, then one pass scales each run (the compiled path scatters a
-float64 square per weight and gathers a factor per weight: 12-29x the floor).
+Irregular groups (a callable's scattered indices, `group_kernels.Indexed`) of float32 or
+float64 runs of at most `SHORT_ROWS` weights run in `indexed_runs.cpp`: each thread sums its
+runs' squares into its own per-group accumulator, then one pass scales each run (the compiled
+path scatters a float64 square per weight and gathers a factor per weight: 12-29x the floor).
+float64 groups whose plain sum of squares may have underflowed or overflowed are summed again,
+scaled by their largest magnitude.
 
 The arithmetic is the fused kernels' (`group_factors.h`), so both give the same exact zeros.
 The kernels are built once per row width and dtype by inductor's C++ toolchain (the compiler
@@ -60,9 +62,8 @@ _ARGTYPES = [
     "int64_t",
     "int64_t",
 ]
+#: the indexed entry point's, after its two pointers to the weights' dtype
 _INDEXED_ARGTYPES = [
-    "float*",
-    "float*",
     "const int32_t*",
     "const double*",
     "const double*",
@@ -90,10 +91,10 @@ def width_of(w: Tensor, rows: int) -> int | None:
 
 def indexed_width_of(w: Tensor, runs: int) -> int | None:
     """The run width of ``w`` cut into ``runs`` runs of irregular groups when
-    `indexed_runs.cpp` takes it: 1 (scattered groups) to `SHORT_ROWS` weights of a float32
-    contiguous CPU tensor; else None."""
+    `indexed_runs.cpp` takes it: 1 (scattered groups) to `SHORT_ROWS` weights of a float32 or
+    float64 contiguous CPU tensor; else None."""
     width = w.numel() // runs if runs else 0
-    return width if 0 < width <= SHORT_ROWS and _takes(w, (torch.float32,)) else None
+    return width if 0 < width <= SHORT_ROWS and _takes(w, DTYPES) else None
 
 
 def _build(source: str, argtypes: list[str], defines: dict[str, object]) -> Callable[..., None]:
@@ -125,10 +126,12 @@ def kernel(dtype: torch.dtype, width: int) -> Callable[..., None]:
 
 
 @functools.cache
-def indexed_kernel(width: int) -> Callable[..., None]:
-    """The compiled C++ kernel for irregular groups of float32 runs of ``width`` weights
+def indexed_kernel(dtype: torch.dtype, width: int) -> Callable[..., None]:
+    """The compiled C++ kernel for irregular groups of runs of ``width`` weights of ``dtype``
     (`indexed_runs.cpp`). Raises where no C++ compiler works."""
-    return _build("indexed_runs.cpp", _INDEXED_ARGTYPES, {"WIDTH": width})
+    scalar = DTYPES[dtype]
+    argtypes = [f"{scalar}*", f"{scalar}*", *_INDEXED_ARGTYPES]
+    return _build("indexed_runs.cpp", argtypes, {"WIDTH": width, "SCALAR": scalar})
 
 
 def run_indexed(
@@ -141,10 +144,10 @@ def run_indexed(
     shared: Tensor | None = None,
     norms: Tensor | None = None,
 ) -> Tensor | None:
-    """Run ``mode`` over one contiguous float32 CPU tensor ``w`` (``g``: its gradient, for the
-    gradient modes) whose runs of ``numel // len(group_of)`` weights belong to the groups
-    ``group_of`` (int32), of coefficients ``c`` (float64, one per group); ``k`` (float64, one
-    element): the mode's ``k`` or ``t`` before ``c_g``. The value returns ``sum_g c_g
+    """Run ``mode`` over one contiguous float32 or float64 CPU tensor ``w`` (``g``: its
+    gradient, for the gradient modes) whose runs of ``numel // len(group_of)`` weights belong
+    to the groups ``group_of`` (int32), of coefficients ``c`` (float64, one per group); ``k``
+    (float64, one element): the mode's ``k`` or ``t`` before ``c_g``. The value returns ``sum_g c_g
     ||w_g||`` (a float64 0-dim tensor); the other modes update ``w`` (``g``) in place.
 
     Loss mode: ``value_norms`` writes the groups' norms into ``norms`` (float64, one per
@@ -156,7 +159,7 @@ def run_indexed(
     width = w.numel() // runs
     keep = 0 if norms is None else 1 if mode == "value_norms" else 2
     out = value if norms is None else norms  # a valid pointer where none is kept
-    kernel = indexed_kernel(width)
+    kernel = indexed_kernel(w.dtype, width)
     kernel(w, target, group_of, c, shared, k, value, out, keep, runs, groups, MODES[mode])
     if mode in ("value", "value_norms"):
         return value
