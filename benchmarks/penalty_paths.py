@@ -20,6 +20,12 @@ the same run on the same tensors (every parameter of the model is regularized):
   floor) before the update pass. Constraints (``--penalties constraint``: max-norm of rows and
   cols, unit-norm and min-max-norm of rows) time their projection, ``reg.project_()``, against
   that same decoupled floor.
+- indexed floor: groups given by a group index per weight, in no pattern (`scattered`), cannot
+  be normed without reading that index and touching each weight's group entry (a random
+  access): their rows are also timed against the same passes over the weights, their int32
+  index and a table of one entry per group, ``(w.abs() * table[index]).sum()`` for the norms
+  and ``w.mul_(table[index] * c)`` (``g.add_(w * table[index] * c)``) for the update; on a GPU,
+  the index's bytes added to the bandwidth floor.
 
 Peak extra memory is what the call allocates beyond its inputs (CPU: from the profiler's memory
 events; CUDA: ``torch.cuda.max_memory_allocated``). The end-to-end rows time one training step of
@@ -53,6 +59,7 @@ from torchpenalty import (
     Regularizer,
     SparseGroupLasso,
     UnitNorm,
+    group_kernels,
 )
 from torchpenalty.experiments.memory import peak_extra_bytes
 
@@ -118,6 +125,22 @@ def _floor_weights(ws, c):
 
 def _floor_value(ws):
     return torch.stack([w.abs().sum() for w in ws]).sum()
+
+
+def _floor_indexed_value(ws, index, tables):
+    return torch.stack(
+        [(w.reshape(-1).abs() * t[i]).sum() for w, i, t in zip(ws, index, tables, strict=True)]
+    ).sum()
+
+
+def _floor_indexed_weights(ws, index, tables, c):
+    for w, i, t in zip(ws, index, tables, strict=True):
+        w.view(-1).mul_(t[i] * c)
+
+
+def _floor_indexed_grad(gs, ws, index, tables, c):
+    for g, w, i, t in zip(gs, ws, index, tables, strict=True):
+        g.view(-1).add_(w.view(-1) * t[i] * c)
 
 
 def compiled(fn):
@@ -200,8 +223,53 @@ def bench_set(
             floors = cpu_floors(ws, gs, norms_pass=grouped)
         among = "weights" if grouped else "all"
         for pen in FAMILIES[family]:
-            rows += bench_penalty(name, model, pen, floors, repeats, among)
+            index = weight_index(pen, ws) if grouped else None
+            indexed = None
+            if index is not None:
+                indexed = (
+                    bandwidth_floors(ws, repeats, device, norms_pass=True, index=index)
+                    if device.type == "cuda"
+                    else cpu_indexed_floors(ws, gs, index)
+                )
+            rows += bench_penalty(name, model, pen, floors, repeats, among, indexed)
     return rows
+
+
+def weight_index(penalty, ws: list) -> list | None:
+    """The int32 group index of every weight of ``ws`` where ``penalty``'s groups are a
+    callable's with no pattern (one run of one weight per index: `scattered`), else None."""
+    groups = getattr(penalty, "groups", None)
+    if not callable(groups):
+        return None
+    index = []
+    for w in ws:
+        labels = groups(w)
+        if group_kernels.detect_layout(labels) is not None:
+            return None
+        lay = group_kernels.indexed(labels, w.device)
+        if lay is None or lay.group_of.numel() != w.numel():
+            return None
+        index.append(lay.group_of)
+    return index
+
+
+def cpu_indexed_floors(ws: list, gs: list, index: list) -> dict:
+    """`cpu_floors` of groups given by a group index per weight: each pass also reads the index
+    and one entry per weight from a table of one per group."""
+    c = torch.tensor(1.0, device=ws[0].device)
+    tables = [
+        torch.ones(int(i.max()) + 1, dtype=w.dtype, device=w.device)
+        for w, i in zip(ws, index, strict=True)
+    ]
+
+    def norms() -> object:
+        return compiled_indexed_value(ws, index, tables)
+
+    return {
+        "grad": lambda: (norms(), compiled_indexed_grad(gs, ws, index, tables, c * 0)),
+        "weights": lambda: (norms(), compiled_indexed_weights(ws, index, tables, c)),
+        "value": norms,
+    }
 
 
 def cpu_floors(ws: list, gs: list, norms_pass: bool) -> dict:
@@ -219,7 +287,11 @@ def cpu_floors(ws: list, gs: list, norms_pass: bool) -> dict:
     }
 
 
-def bench_penalty(name, model, penalty, floors: dict, repeats: int, among: str) -> list[dict]:
+def bench_penalty(
+    name, model, penalty, floors: dict, repeats: int, among: str, indexed: dict | None = None
+) -> list[dict]:
+    """Every path of ``penalty`` against ``floors`` (and against ``indexed``, the floors of
+    groups given by a group index per weight, where given)."""
     reg = Regularizer(model, penalty, among=among)
     params = [p for _, p in reg.named_parameters()]
     device = params[0].device
@@ -235,12 +307,12 @@ def bench_penalty(name, model, penalty, floors: dict, repeats: int, among: str) 
     def loss_mode():
         reg().backward()
 
-    def measure(fn, floor: str) -> tuple[float, float]:
+    def measure(fn, floor: str, against: dict) -> tuple[float, float]:
         """(ms, ratio to the floor), timed alternately with the floor where it is a function."""
-        if callable(floors[floor]):
-            return paired_ms(fn, floors[floor], repeats, device)
+        if callable(against[floor]):
+            return paired_ms(fn, against[floor], repeats, device)
         ms = median_ms(fn, repeats, device)
-        return ms, ms / floors[floor]
+        return ms, ms / against[floor]
 
     paths = {
         "tutorial autograd": (tutorial, "grad"),
@@ -252,13 +324,19 @@ def bench_penalty(name, model, penalty, floors: dict, repeats: int, among: str) 
     }
     if penalty.constraints():  # nothing to add to a loss or gradient: the projection only
         paths = {"projection": (reg.project_, "weights")}
-    measured = {label: measure(fn, floor) for label, (fn, floor) in paths.items()}
+    measured = {label: measure(fn, floor, floors) for label, (fn, floor) in paths.items()}
+    to_indexed = {
+        label: measure(fn, floor, indexed)[1]
+        for label, (fn, floor) in paths.items()
+        if indexed is not None and label != "tutorial autograd"
+    }
     tutorial_ms = measured["tutorial autograd"][0] if "tutorial autograd" in measured else None
     rows = []
     for label, (fn, floor) in paths.items():
         ms, ratio = measured[label]
         faster = tutorial_ms / ms if floor == "grad" and tutorial_ms else None
         rows.append(row(name, penalty, label, ms, ratio, faster, peak_extra_mb(fn, device)))
+        rows[-1]["ratio_to_indexed_floor"] = to_indexed.get(label)
         if label == "tutorial autograd" and is_l2:
             extra = torch_optim_extra_ms(params, repeats, device)
             ratio = extra / (measured["gradient mode"][0] / measured["gradient mode"][1])
@@ -273,32 +351,40 @@ def bench_penalty(name, model, penalty, floors: dict, repeats: int, among: str) 
                     None,
                 )
             )
-    for floor, f in floors.items():
-        ms = median_ms(f, repeats, device) if callable(f) else f
-        rows.append(row(name, penalty, f"floor ({floor})", ms, 1.0, None, None))
+    for prefix, against in (("floor", floors), ("indexed floor", indexed or {})):
+        for floor, f in against.items():
+            ms = median_ms(f, repeats, device) if callable(f) else f
+            rows.append(row(name, penalty, f"{prefix} ({floor})", ms, 1.0, None, None))
     return rows
 
 
 compiled_floor_grad = compiled(_floor_grad)
 compiled_floor_weights = compiled(_floor_weights)
 compiled_floor_value = compiled(_floor_value)
+compiled_indexed_value = compiled(_floor_indexed_value)
+compiled_indexed_weights = compiled(_floor_indexed_weights)
+compiled_indexed_grad = compiled(_floor_indexed_grad)
 
 
-def bandwidth_floors(ws, repeats, device, norms_pass: bool = False) -> dict[str, float]:
+def bandwidth_floors(
+    ws, repeats, device, norms_pass: bool = False, index: list | None = None
+) -> dict[str, float]:
     """GPU floors from the memory bandwidth of a device-to-device copy of the same bytes:
     gradient mode moves 3x the weights' bytes, decoupled / proximal 2x, the value 1x (group
-    penalties: one reading pass more for the group norms)."""
+    penalties: one reading pass more for the group norms; with a group ``index`` per weight,
+    each pass reads it too)."""
     nbytes = sum(w.numel() * w.element_size() for w in ws)
+    index_bytes = sum(i.numel() * i.element_size() for i in index or [])
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     copy_ms = median_ms(lambda: dst.copy_(src), repeats, device)
     per_byte_ms = copy_ms / (2 * nbytes)  # a copy reads and writes every byte
     print(f"device-to-device copy: {2 * nbytes / copy_ms / 1e6:.0f} GB/s")
-    extra = nbytes * per_byte_ms if norms_pass else 0.0
+    extra = (nbytes + index_bytes) * per_byte_ms if norms_pass else 0.0
     return {
-        "grad": 3 * nbytes * per_byte_ms + extra,
-        "weights": 2 * nbytes * per_byte_ms + extra,
-        "value": nbytes * per_byte_ms,
+        "grad": (3 * nbytes + index_bytes) * per_byte_ms + extra,
+        "weights": (2 * nbytes + index_bytes) * per_byte_ms + extra,
+        "value": (nbytes + index_bytes) * per_byte_ms,
     }
 
 
@@ -366,7 +452,7 @@ def end_to_end(device: torch.device, repeats: int, batch: int, size: int) -> lis
 def print_table(rows: list[dict], e2e: list[dict]) -> None:
     header = (
         f"{'set':12s} {'penalty':58s} {'path':26s} {'ms':>9s} {'x floor':>8s} "
-        f"{'x faster':>9s} {'peak MB':>8s}"
+        f"{'x faster':>9s} {'peak MB':>8s} {'x indexed':>9s}"
     )
     print(header)
     print("-" * len(header))
@@ -375,7 +461,8 @@ def print_table(rows: list[dict], e2e: list[dict]) -> None:
         print(
             f"{r['set']:12s} {r['penalty']:58s} {r['path']:26s} {r['ms']:9.3f} "
             f"{fmt(r['ratio_to_floor'], '8.2f'):>8s} {fmt(r['speedup_over_tutorial'], '9.1f'):>9s} "
-            f"{fmt(r['peak_extra_mb'], '8.1f'):>8s}"
+            f"{fmt(r['peak_extra_mb'], '8.1f'):>8s} "
+            f"{fmt(r.get('ratio_to_indexed_floor'), '9.2f'):>9s}"
         )
     if e2e:
         print("\nend to end: one SGD step of ResNet-18 with L1(1e-4)")
