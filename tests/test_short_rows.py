@@ -214,25 +214,25 @@ def test_irregular_groups_of_short_runs_equal_the_eager_path(run, scale, dtype):
 
 @pytest.mark.parametrize("run", [1, 4])
 def test_float64_irregular_groups_of_extreme_weights_have_exact_norms(run):
-    """Groups of equal weights ``v`` (norm ``|v| sqrt(size)``) from 1e-300 to 1e300: whose
+    """Groups of equal weights ``v`` (norm ``|v| sqrt(weights)``) from 1e-300 to 1e300: whose
     squares underflow or overflow, next to groups of exact zeros (which alone would not need
     a second pass) and of normal weights."""
     values = [0.0, 1e-300, 1e-170, 1e-160, 0.5, 1e160, 1e200, 1e300, -1e-200, 0.0]
-    size = 8 * run  # weights per group
-    labels = torch.arange(len(values)).repeat_interleave(8)
+    groups, weights = len(values), 8 * run  # weights per group
+    labels = torch.arange(groups).repeat_interleave(8)
     labels = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(0))]
     labels = labels.repeat_interleave(run)
     w = torch.tensor(values, dtype=torch.float64)[labels].contiguous()
     index = labels[::run].to(torch.int32)
-    c, k = torch.ones(len(values), dtype=torch.float64), torch.ones(1, dtype=torch.float64)
-    norms = torch.empty(len(values), dtype=torch.float64)
-    short_rows.run_indexed("value_norms", w, None, index, c, k, None, norms)
-    want = torch.tensor(values, dtype=torch.float64).abs() * size**0.5
+    c = k = torch.ones(1, dtype=torch.float64)  # one c_g for all groups
+    norms = torch.empty(groups, dtype=torch.float64)
+    short_rows.run_indexed("value_norms", w, None, index, groups, c, k, None, norms)
+    want = torch.tensor(values, dtype=torch.float64).abs() * weights**0.5
     torch.testing.assert_close(norms, want, rtol=1e-15, atol=0)
-    # the update divides by those norms: a gradient of v / ||w_g|| = sign(v) / sqrt(size)
+    # the update divides by those norms: a gradient of v / ||w_g|| = sign(v) / sqrt(weights)
     g = torch.zeros_like(w)
-    short_rows.run_indexed("add_grad", w, g, index, c, k)
-    torch.testing.assert_close(g, w.sign() / size**0.5, rtol=1e-15, atol=0)
+    short_rows.run_indexed("add_grad", w, g, index, groups, c, k)
+    torch.testing.assert_close(g, w.sign() / weights**0.5, rtol=1e-15, atol=0)
 
 
 def test_irregular_groups_of_short_runs_project_as_the_eager_path():
@@ -258,15 +258,18 @@ def test_loss_mode_of_irregular_groups_reuses_the_forward_norms():
     w = b.weight.detach().reshape(-1)
     index = scattered_runs(1)(w).to(torch.int32)
     size = int(index.max()) + 1
-    c, k = torch.ones(size, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64)
+    c = torch.linspace(0.5, 2.0, size, dtype=torch.float64)  # a c_g of each group's own
+    k = torch.tensor([0.3], dtype=torch.float64)
     norms = torch.empty(size, dtype=torch.float64)
-    short_rows.run_indexed("value_norms", w, None, index, c, k, None, norms)
+    short_rows.run_indexed("value_norms", w, None, index, size, c, k, None, norms)
     want = torch.zeros(size, dtype=torch.float64).index_add_(0, index.long(), w.double() ** 2)
     torch.testing.assert_close(norms, want.sqrt(), rtol=1e-12, atol=0)
     g1, g2 = torch.zeros_like(w), torch.zeros_like(w)
-    short_rows.run_indexed("add_grad_norms", w, g1, index, c, k, None, norms)
-    short_rows.run_indexed("add_grad", w, g2, index, c, k)
+    short_rows.run_indexed("add_grad_norms", w, g1, index, size, c, k, None, norms)
+    short_rows.run_indexed("add_grad", w, g2, index, size, c, k)
     assert torch.equal(g1, g2) and g1.abs().sum() > 0
+    factor = (0.3 * c / norms.clamp_min(torch.finfo(torch.float64).tiny))[index.long()]
+    torch.testing.assert_close(g2, (factor * w.double()).float(), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -640,14 +640,14 @@ def _native_part(
         lay = layouts[i]
         if isinstance(lay, Indexed):
             c = coefs[i]
-            cs = c if isinstance(c, Tensor) else torch.full((lay.size,), c, dtype=torch.float64)
+            cs = c if isinstance(c, Tensor) else torch.tensor([c], dtype=torch.float64)
             g = gs[i] if gs else None
             index = lay.group_of.contiguous()
             norms = named["norms"][i] if mode == "add_grad_norms" else None
             if mode == "value_norms":
                 norms = torch.empty(lay.size, dtype=torch.float64)
                 kept[i] = norms = norms if _keeps_norms(norms, ws[i]) else None
-            part = short_rows.run_indexed(mode, ws[i], g, index, cs, k, shared, norms)
+            part = short_rows.run_indexed(mode, ws[i], g, index, lay.size, cs, k, shared, norms)
             if part is not None:
                 total = total + part
     if mode not in ("value", "value_norms"):

@@ -82,8 +82,8 @@ void scaled_norms(const SCALAR* w, const int32_t* group_of, int64_t runs, int64_
 
 template <int64_t MODE>
 void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restrict__ group_of,
-         const double* c, const double* shared, double k, double* value, double* norms,
-         int64_t keep, int64_t runs, int64_t groups) {
+         const double* c, int64_t c_step, const double* shared, double k, double* value,
+         double* norms, int64_t keep, int64_t runs, int64_t groups) {
   int threads = omp_get_max_threads();
   bool sums = keep != kReadNorms;
   // the threads' accumulators; the first row becomes the groups' norms, then their factors
@@ -131,7 +131,7 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
     {
       double part = 0;
 #pragma omp for schedule(static)
-      for (int64_t q = 0; q < groups; ++q) part += c[q] * n[q];
+      for (int64_t q = 0; q < groups; ++q) part += c[q * c_step] * n[q];
       parts[omp_get_thread_num()] = part;
     }
     double total = 0;
@@ -141,7 +141,7 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
-      for (int64_t q = 0; q < groups; ++q) n[q] = factor<MODE>(n[q], k * c[q], shared);
+      for (int64_t q = 0; q < groups; ++q) n[q] = factor<MODE>(n[q], k * c[q * c_step], shared);
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < runs; ++r) {
         double fr = n[group_of[r]];
@@ -161,12 +161,13 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
 }  // namespace
 
 // w, g: the weights and (gradient modes) their gradient; group_of: each run's group; c: each
-// group's c_g; shared: lo, hi, rate (project); k: params[0], the mode's k or t before c_g;
-// value: sum_g c_g ||w_g|| (value mode); norms, keep: the groups' norms, kept or given.
+// group's c_g (c_step 1), or one c_g for all (c_step 0); shared: lo, hi, rate (project); k:
+// params[0], the mode's k or t before c_g; value: sum_g c_g ||w_g|| (value mode); norms, keep:
+// the groups' norms, kept or given.
 extern "C" void kernel(SCALAR* w, SCALAR* g, const int32_t* group_of, const double* c,
-                       const double* shared, const double* params, double* value, double* norms,
-                       int64_t keep, int64_t runs, int64_t groups, int64_t mode) {
+                       int64_t c_step, const double* shared, const double* params, double* value,
+                       double* norms, int64_t keep, int64_t runs, int64_t groups, int64_t mode) {
   dispatch(mode, [&](auto m) {
-    run<m()>(w, g, group_of, c, shared, params[0], value, norms, keep, runs, groups);
+    run<m()>(w, g, group_of, c, c_step, shared, params[0], value, norms, keep, runs, groups);
   });
 }

@@ -66,6 +66,7 @@ _ARGTYPES = [
 _INDEXED_ARGTYPES = [
     "const int32_t*",
     "const double*",
+    "int64_t",
     "const double*",
     "const double*",
     "double*",
@@ -139,6 +140,7 @@ def run_indexed(
     w: Tensor,
     g: Tensor | None,
     group_of: Tensor,
+    groups: int,
     c: Tensor,
     k: Tensor,
     shared: Tensor | None = None,
@@ -146,21 +148,23 @@ def run_indexed(
 ) -> Tensor | None:
     """Run ``mode`` over one contiguous float32 or float64 CPU tensor ``w`` (``g``: its
     gradient, for the gradient modes) whose runs of ``numel // len(group_of)`` weights belong
-    to the groups ``group_of`` (int32), of coefficients ``c`` (float64, one per group); ``k``
-    (float64, one element): the mode's ``k`` or ``t`` before ``c_g``. The value returns ``sum_g c_g
-    ||w_g||`` (a float64 0-dim tensor); the other modes update ``w`` (``g``) in place.
+    to the ``groups`` groups ``group_of`` (int32), of coefficients ``c`` (float64: one per
+    group, or one for all); ``k`` (float64, one element): the mode's ``k`` or ``t`` before
+    ``c_g``. The value returns ``sum_g c_g ||w_g||`` (a float64 0-dim tensor); the other modes
+    update ``w`` (``g``) in place.
 
     Loss mode: ``value_norms`` writes the groups' norms into ``norms`` (float64, one per
     group), and ``add_grad_norms`` reads them from it instead of summing the groups again."""
     value = torch.zeros((), dtype=torch.float64)
     shared = torch.zeros(3, dtype=torch.float64) if shared is None else shared
     target = w if g is None else g
-    runs, groups = group_of.numel(), c.numel()
+    runs = group_of.numel()
     width = w.numel() // runs
     keep = 0 if norms is None else 1 if mode == "value_norms" else 2
     out = value if norms is None else norms  # a valid pointer where none is kept
     kernel = indexed_kernel(w.dtype, width)
-    kernel(w, target, group_of, c, shared, k, value, out, keep, runs, groups, MODES[mode])
+    step = int(c.numel() > 1)  # one coefficient for all groups, or one per group
+    kernel(w, target, group_of, c, step, shared, k, value, out, keep, runs, groups, MODES[mode])
     if mode in ("value", "value_norms"):
         return value
     increment_version(target)  # written through its pointer: autograd must see the update
