@@ -101,7 +101,7 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
         for (int j = 0; j < WIDTH; ++j) {
           double v = static_cast<double>(x[j]);
           s += v * v;
-          if constexpr (std::is_same_v<SCALAR, double>) tiny = tiny || (v != 0 && std::fabs(v) < kTiny);
+          if constexpr (std::is_same_v<SCALAR, double>) tiny |= (v != 0) & (std::fabs(v) < kTiny);
         }
         mine[group_of[r]] += s;
       }
