@@ -96,3 +96,19 @@ def test_every_data_file_is_package_data():
     assert data, "no data files found: the test would pass vacuously"
     missing = [p.name for p in data if not any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
+
+
+def test_developers_layout_names_every_module():
+    """DEVELOPERS.md's layout is the map of the package: a module missing from it is a module
+    nobody reading it knows about."""
+    developers = ROOT.parent.parent / "DEVELOPERS.md"
+    if not developers.is_file():
+        pytest.skip("not a source checkout")
+    text = developers.read_text()
+    modules = [
+        p
+        for p in ROOT.rglob("*")
+        if p.suffix in (".py", ".cpp", ".h") and p.name not in ("__init__.py", "__main__.py")
+    ]
+    missing = [str(p.relative_to(ROOT)) for p in modules if p.name not in text]
+    assert not missing, f"not in DEVELOPERS.md's layout: {missing}"
