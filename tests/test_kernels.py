@@ -215,3 +215,24 @@ def test_each_regularizer_has_its_own_backend_and_compile_state():
         Regularizer(model, L1(0.1), backend="triton")
     for reg in (eager, compiled):  # both give the same numbers
         torch.testing.assert_close(reg.value(), eager.value())
+
+
+def test_a_kernel_past_dynamos_recompile_limit_runs_eager_for_new_shapes(monkeypatch):
+    """dynamo's cache is per kernel function, shared by every regularizer of the process: where
+    its limit is reached (here lowered to the entries the kernel already has), a new list of
+    shapes runs eager, with the same numbers, instead of raising; the lists compiled before it
+    keep running compiled."""
+    torch.manual_seed(0)
+    first = nn.Sequential(nn.Linear(13, 17))
+    compiled = Regularizer(first, L1(0.1), backend="compile")
+    compiled.value()  # at least one compiled entry
+    monkeypatch.setattr(kernels, "RECOMPILE_LIMIT", 1)
+    second = nn.Sequential(nn.Linear(19, 23), nn.Linear(23, 29))  # shapes no test compiles
+    refused = Regularizer(second, L1(0.1), backend="compile")
+    eager = Regularizer(second, L1(0.1), backend="eager")
+    for _ in range(2):  # refused once, then eager without asking dynamo again
+        torch.testing.assert_close(refused.value(), eager.value())
+    assert refused._kernels.exhausted and not any(refused._kernels.signatures.values())
+    torch.testing.assert_close(
+        compiled.value(), Regularizer(first, L1(0.1), backend="eager").value()
+    )

@@ -11,7 +11,14 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
-from torchpenalty import GroupLasso, MinMaxNorm, Regularizer, UnitNorm, short_rows
+from torchpenalty import (
+    GroupLasso,
+    MinMaxNorm,
+    Regularizer,
+    SparseGroupLasso,
+    UnitNorm,
+    short_rows,
+)
 
 from . import helpers
 from .helpers import TOLERANCE, last_dim_runs
@@ -76,6 +83,46 @@ def test_short_rows_equal_the_eager_path_in_every_mode(rows, width, dtype):
     assert not native._kernels.native_failed
 
 
+SGL_CASES = [
+    (37, 9, torch.float32),
+    (16, 3, torch.float32),
+    (20, 17, torch.float64),
+    (64, 32, torch.float64),
+]
+
+
+@pytest.mark.parametrize(
+    "rows, width, dtype", SGL_CASES, ids=[f"{r}x{w}-{str(d)[6:]}" for r, w, d in SGL_CASES]
+)
+def test_sparse_group_lasso_short_rows_equal_the_eager_path_in_every_mode(rows, width, dtype):
+    """The L1 term in the same single pass: value + l1 * sum|w|, gradient and decay with
+    l1 * sign(w), prox soft-thresholding each block before its norms (the same exact zeros:
+    single weights and whole rows)."""
+    a, b = layer(rows, width, dtype), layer(rows, width, dtype)
+    penalty = SparseGroupLasso(0.1, 0.3, last_dim_runs)
+    eager = Regularizer(a, penalty, backend="eager", among="all")
+    native = Regularizer(b, penalty, backend="compile", among="all")
+    hits = short_rows.kernel.cache_info().hits
+    close(eager.value(), native.value(), dtype)
+    eager.add_to_grad_(2.0)
+    native.add_to_grad_(torch.tensor(2.0, dtype=torch.float64))
+    close(a.weight.grad, b.weight.grad, dtype)
+    eager.decay_(0.01)
+    native.decay_(torch.tensor(0.01, dtype=torch.float64))
+    close(a.weight, b.weight, dtype)
+    eager.prox_(0.5)
+    native.prox_(0.5)
+    close(a.weight, b.weight, dtype)
+    assert torch.equal(a.weight == 0, b.weight == 0)  # the same exact zeros
+    alive = (b.weight != 0).any(dim=1)
+    assert alive.any() and (b.weight[alive] == 0).any()  # the L1 term zeroed single weights
+    assert (~alive).any()  # and the group term whole rows
+    (3.0 * eager()).backward()  # loss mode into the existing .grad, as under GradScaler
+    (3.0 * native()).backward()
+    close(a.weight.grad, b.weight.grad, dtype)
+    assert short_rows.kernel.cache_info().hits > hits  # the short-row kernels ran
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "constraint", [UnitNorm(last_dim_runs), MinMaxNorm(0.2, 0.6, 0.5, last_dim_runs)]
@@ -95,7 +142,7 @@ def test_short_row_projections_equal_the_eager_path(constraint, dtype):
 def test_nan_and_inf_rows_propagate_as_in_torch(dtype):
     w = torch.randn(33, 9, dtype=dtype)
     w[3, 2], w[20, 0] = float("nan"), float("inf")
-    got = short_rows.run("value", [w[:16], w[16:]], None, torch.zeros(2, dtype=torch.float64))
+    got = short_rows.run("value", [w[:16], w[16:]], None, torch.zeros(2, dtype=torch.float64))[0]
     want = torch.linalg.vector_norm(w.double(), dim=1)
     assert torch.isnan(got[0]) and torch.isinf(got[1])
     k = torch.tensor([0.1, 0.1], dtype=torch.float64)
@@ -113,9 +160,9 @@ def test_norms_of_float64_rows_are_exact_over_the_whole_range():
     x = torch.tensor([5e-324, 1e-310, 1e-200, 1e-154, 1.0, 1e154, 1e200, 1e307]).double()
     w = x.view(-1, 1).expand(-1, 9).repeat(4, 1).contiguous()  # 32 rows: two whole blocks
     one_per_row = [w[i : i + 1] for i in range(32)]  # each row alone: the partial-block path
-    got = short_rows.run("value", one_per_row, None, torch.zeros(32).double())
+    got = short_rows.run("value", one_per_row, None, torch.zeros(32).double())[0]
     torch.testing.assert_close(got, 3 * x.repeat(4), rtol=1e-15, atol=0)
-    got = short_rows.run("value", [w], None, torch.zeros(1).double())
+    got = short_rows.run("value", [w], None, torch.zeros(1).double())[0]
     torch.testing.assert_close(got, (3 * x).sum().view(1) * 4, rtol=1e-15, atol=0)
 
 
@@ -180,17 +227,20 @@ def scattered_runs(run):
     return groups
 
 
+@pytest.mark.parametrize("l1", [0.0, 0.2], ids=["group_lasso", "sparse_group_lasso"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("scale", ["none", "sqrt_size"])
 @pytest.mark.parametrize("run", [1, 3])
-def test_irregular_groups_of_short_runs_equal_the_eager_path(run, scale, dtype):
+def test_irregular_groups_of_short_runs_equal_the_eager_path(run, scale, dtype, l1):
     """float64 groups mix the tiny and huge rows with normal ones: their plain sums overflow,
-    and the kernel sums them again scaled."""
+    and the kernel sums them again scaled. Sparse group lasso adds its L1 term in the same
+    passes."""
     a, b = layer(24, 9, dtype), layer(24, 9, dtype)
     for m in (a, b):
         with torch.no_grad():
             m.weight[5, 0] = float("nan")  # one NaN group
-    penalty = GroupLasso(0.3, scattered_runs(run), scale)
+    groups = scattered_runs(run)
+    penalty = SparseGroupLasso(l1, 0.3, groups, scale) if l1 else GroupLasso(0.3, groups, scale)
     eager = Regularizer(a, penalty, backend="eager", among="all")
     native = Regularizer(b, penalty, backend="compile", among="all")
     hits = short_rows.indexed_kernel.cache_info().hits
@@ -233,6 +283,32 @@ def test_float64_irregular_groups_of_extreme_weights_have_exact_norms(run):
     g = torch.zeros_like(w)
     short_rows.run_indexed("add_grad", w, g, index, groups, c, k)
     torch.testing.assert_close(g, w.sign() / weights**0.5, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("run", [1, 4])
+def test_float64_sparse_group_lasso_prox_of_extreme_irregular_groups(run):
+    """Prox soft-thresholds before the group norms: where those norms need the scaled second
+    pass (huge and tiny weights), the soft-thresholded weights are what it norms, once."""
+    values = [0.0, 1e-300, 0.3, 0.5, -2.0, 1e160, 1e300, -1e300]
+    labels = torch.arange(len(values)).repeat_interleave(8)
+    labels = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(1))]
+
+    def groups(w):
+        return labels.repeat_interleave(run).view(w.shape)
+
+    w = torch.tensor(values, dtype=torch.float64)[labels].repeat_interleave(run)
+    w = w * torch.linspace(0.5, 1.5, w.numel(), dtype=torch.float64)  # unequal within groups
+    penalty = SparseGroupLasso(0.5, 2.0, groups)
+    want = penalty.prox(w.clone(), 0.25)
+    got = w.clone()
+    index = labels.to(torch.int32)
+    t_group, t_l1 = torch.tensor([2.0 * 0.25]).double(), torch.tensor(0.5 * 0.25).double()
+    c = torch.ones(1, dtype=torch.float64)
+    short_rows.run_indexed(
+        "prox", got, None, index, len(values), c, t_group, short_rows.shared_args(t_l1)
+    )
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    assert torch.equal(got == 0, want == 0) and (got == 0).any() and (got != 0).any()
 
 
 def test_irregular_groups_of_short_runs_project_as_the_eager_path():

@@ -19,6 +19,22 @@ constexpr int64_t kValue = 4;    // out = sum_g ||w_g||
 
 inline double floored(double n) { return n < DBL_MIN ? DBL_MIN : n; }  // NaN stays NaN
 
+// sign(x) as torch.sign: -1, 0 or 1 (0 for NaN, whose group is NaN through its norm already)
+template <typename F, typename T>
+inline F sign_of(T x) {
+  return static_cast<F>((x > 0) - (x < 0));
+}
+
+// the soft threshold x - clamp(x, -t, t), as torchpenalty.group_kernels._soft: exactly 0 for
+// |x| <= t
+template <typename T>
+inline T soft(T x, T t) {
+  // two selects the compiler emits as max / min instructions: no branch on the weight's sign
+  T c = x < -t ? -t : x;
+  c = c > t ? t : c;
+  return x - c;
+}
+
 template <int64_t MODE>
 inline double factor(double n, double k, const double* shared) {
   if constexpr (MODE == kDecay) {

@@ -543,7 +543,7 @@ def _native(runner: Kernels, mode: str, named: dict[str, Any]) -> list[int]:
     """The tensors `short_rows` runs in ``mode``: contiguous CPU weights `_native_width` takes
     (and gradients of the same layout), no L1 term; its kernels are built here (where that
     fails, once, the regularizer keeps the fused kernels)."""
-    if mode not in short_rows.MODES or runner.native_failed or named.get("has_l1"):
+    if mode not in short_rows.MODES or runner.native_failed:
         return []
     ws, gs = named["ws"], named.get("gs")
     chosen = []
@@ -613,17 +613,22 @@ def _native_part(
     allows; its backward reads them back from ``named["norms"]``."""
     layouts, ws, gs = named["layouts"], named["ws"], named.get("gs")
     if mode == "project":
-        shared = torch.stack([named[k].reshape(()) for k in ("lo", "hi", "rate")]).double()
+        shared = short_rows.shared_args(bounds=(named["lo"], named["hi"], named["rate"]))
         k = torch.ones(1, dtype=torch.float64)
     else:
-        shared = None
-        # k = lr * group (decay), scale * group (gradients), step * group (prox), before c_g
+        # k = lr * group (decay), scale * group (gradients), step * group (prox, whose group
+        # and l1 come multiplied by the step), before c_g; the L1 term's coefficient likewise
         factor = {"decay": "lr", "add_grad": "scale", "add_grad_norms": "scale"}.get(mode)
         k = named["group"].double().reshape(1)
-        k = k * named[factor].double() if factor else k
+        l1 = named["l1"].double() if named["has_l1"] else None
+        if factor:
+            k = k * named[factor].double()
+            l1 = None if l1 is None else l1 * named[factor].double()
+        shared = short_rows.shared_args(l1)
     coefs = named.get("coefs", [1.0] * len(ws))
     rows = [i for i in native if isinstance(layouts[i], Layout)]
     total = torch.zeros((), dtype=torch.float64)
+    abs_total = torch.zeros((), dtype=torch.float64)  # sum |w|, for the L1 term's value
     if rows:
         views = [ws[i].view(layouts[i].rows, -1) for i in rows]
         grads = [gs[i].view(v.shape) for i, v in zip(rows, views, strict=True)] if gs else None
@@ -635,7 +640,8 @@ def _native_part(
         given = named.get("norms", kept)
         sums = short_rows.run(mode, views, grads, k * cs, shared, [given[i] for i in rows])
         if sums is not None:
-            total = total + (sums * cs).sum()
+            total = total + (sums[0] * cs).sum()
+            abs_total = abs_total + sums[1].sum()
     for i in native:
         lay = layouts[i]
         if isinstance(lay, Indexed):
@@ -649,11 +655,15 @@ def _native_part(
                 kept[i] = norms = norms if _keeps_norms(norms, ws[i]) else None
             part = short_rows.run_indexed(mode, ws[i], g, index, lay.size, cs, k, shared, norms)
             if part is not None:
-                total = total + part
+                total = total + part[0]
+                abs_total = abs_total + part[1]
     if mode not in ("value", "value_norms"):
         return None
     group = named["group"]
-    return (total * group.double()).to(group.dtype)
+    value = total * group.double()
+    if named["has_l1"]:
+        value = value + abs_total * named["l1"].double()
+    return value.to(group.dtype)
 
 
 def coefs(ws: Tensors, layouts: list[Groups], scale: str) -> list[float | Tensor]:

@@ -80,18 +80,26 @@ void scaled_norms(const SCALAR* w, const int32_t* group_of, int64_t runs, int64_
   }
 }
 
-template <int64_t MODE>
+// With an L1 term (L1, coefficient l1 = shared[3]: scale, lr or step times l1): the gradient
+// adds l1 * sign(w), decay subtracts it, prox shrinks the groups of u = soft(w, l1), and the
+// value also returns sum |w| (value[1]).
+template <int64_t MODE, bool L1>
 void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restrict__ group_of,
          const double* c, int64_t c_step, const double* shared, double k, double* value,
          double* norms, int64_t keep, int64_t runs, int64_t groups) {
   int threads = omp_get_max_threads();
   bool sums = keep != kReadNorms;
+  const double l1 = shared[3];
+  const SCALAR t = static_cast<SCALAR>(l1);
+  constexpr bool kSoft = L1 && MODE == kProx;  // the weights read are soft(w, t)
+  bool softened = false;  // soft(w, t) already written into w (a float64 rescan needed it)
   // the threads' accumulators; the first row becomes the groups' norms, then their factors
   std::vector<double> acc(static_cast<size_t>(sums ? threads : 1) * groups, 0.0);
   double* n = acc.data();
   if (sums) {
     bool tiny = false;  // a float64 weight whose square may have underflowed
-#pragma omp parallel reduction(|| : tiny)
+    double abs_sum = 0;
+#pragma omp parallel reduction(|| : tiny) reduction(+ : abs_sum)
     {
       double* mine = acc.data() + static_cast<size_t>(omp_get_thread_num()) * groups;
 #pragma omp for schedule(static)
@@ -99,13 +107,15 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
         const SCALAR* x = w + r * WIDTH;
         double s = 0;
         for (int j = 0; j < WIDTH; ++j) {
-          double v = static_cast<double>(x[j]);
+          double v = static_cast<double>(kSoft ? soft(x[j], t) : x[j]);
           s += v * v;
+          if constexpr (L1 && MODE == kValue) abs_sum += std::fabs(v);
           if constexpr (std::is_same_v<SCALAR, double>) tiny |= (v != 0) & (std::fabs(v) < kTiny);
         }
         mine[group_of[r]] += s;
       }
     }
+    if constexpr (L1 && MODE == kValue) value[1] = abs_sum;
     bool rescan = false;
 #pragma omp parallel for schedule(static) reduction(|| : rescan)
     for (int64_t q = 0; q < groups; ++q) {
@@ -116,6 +126,11 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
       n[q] = std::sqrt(s);
     }
     if (rescan) {
+      if constexpr (kSoft) {  // the rescan reads w: it must hold u
+#pragma omp parallel for schedule(static)
+        for (int64_t e = 0; e < runs * WIDTH; ++e) w[e] = soft(w[e], t);
+        softened = true;
+      }
       std::vector<double> scale(groups), exact(groups);
       scaled_norms(w, group_of, runs, groups, acc, scale.data(), exact.data());
       std::copy(exact.begin(), exact.end(), n);
@@ -136,8 +151,9 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
     }
     double total = 0;
     for (int t = 0; t < threads; ++t) total += parts[t];
-    *value = total;
+    value[0] = total;
   } else {
+    const bool soft_here = kSoft && !softened;
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
@@ -148,9 +164,15 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
         for (int j = 0; j < WIDTH; ++j) {
           int64_t e = r * WIDTH + j;
           if constexpr (MODE == kGrad) {
-            g[e] += static_cast<SCALAR>(fr * w[e]);
+            double d = fr * w[e];
+            if constexpr (L1) d += l1 * sign_of<double>(w[e]);
+            g[e] += static_cast<SCALAR>(d);
+          } else if constexpr (MODE == kDecay) {
+            double d = fr * w[e];
+            if constexpr (L1) d -= l1 * sign_of<double>(w[e]);
+            w[e] = static_cast<SCALAR>(d);
           } else {
-            w[e] = static_cast<SCALAR>(fr * w[e]);
+            w[e] = static_cast<SCALAR>(fr * (soft_here ? soft(w[e], t) : w[e]));
           }
         }
       }
@@ -161,13 +183,20 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
 }  // namespace
 
 // w, g: the weights and (gradient modes) their gradient; group_of: each run's group; c: each
-// group's c_g (c_step 1), or one c_g for all (c_step 0); shared: lo, hi, rate (project); k:
-// params[0], the mode's k or t before c_g; value: sum_g c_g ||w_g|| (value mode); norms, keep:
-// the groups' norms, kept or given.
+// group's c_g (c_step 1), or one c_g for all (c_step 0); shared: lo, hi, rate (project), then
+// the L1 term's coefficient (0: none; value: any non-zero); k: params[0], the mode's k or t
+// before c_g; value: sum_g c_g ||w_g||, then sum |w| (value mode, with L1); norms, keep: the
+// groups' norms, kept or given.
 extern "C" void kernel(SCALAR* w, SCALAR* g, const int32_t* group_of, const double* c,
                        int64_t c_step, const double* shared, const double* params, double* value,
                        double* norms, int64_t keep, int64_t runs, int64_t groups, int64_t mode) {
   dispatch(mode, [&](auto m) {
-    run<m()>(w, g, group_of, c, c_step, shared, params[0], value, norms, keep, runs, groups);
+    if (shared[3] != 0) {
+      run<m(), true>(w, g, group_of, c, c_step, shared, params[0], value, norms, keep, runs,
+                     groups);
+    } else {
+      run<m(), false>(w, g, group_of, c, c_step, shared, params[0], value, norms, keep, runs,
+                      groups);
+    }
   });
 }

@@ -38,6 +38,10 @@ CHUNK_NUMEL = 1 << 18  # elements per eager chunk: the sign temporary stays cach
 # Each kernel compiles once per list of shapes; past this many lists it stays eager rather than
 # reach dynamo's recompile limit, whose fallback would run the fused code unfused.
 MAX_SIGNATURES = 32
+# dynamo's recompile limits while a kernel runs: its cache is per function, shared by every
+# regularizer of the process (a test suite, a sweep over models), each adding up to
+# MAX_SIGNATURES lists; past it, the kernel runs eager for new lists (`Kernels.exhausted`)
+RECOMPILE_LIMIT = 32 * MAX_SIGNATURES
 Scalar = float | Tensor
 #: what torch's multi-tensor (``_foreach``) ops take
 Tensors = list[Tensor] | tuple[Tensor, ...]
@@ -81,8 +85,13 @@ class Kernels:
     `Regularizer` owns one, so no state is shared between regularizers or threads."""
 
     backend: str = dataclasses.field(default_factory=get_backend)
-    signatures: dict[Callable, set[tuple]] = dataclasses.field(default_factory=dict, repr=False)
+    #: per kernel, the shape lists it compiled for (in order: the last one added is the newest)
+    signatures: dict[Callable, dict[tuple, None]] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
     compile_failed: bool = False
+    #: kernels whose process-wide recompile limit was reached: no new shape list compiles
+    exhausted: set[Callable] = dataclasses.field(default_factory=set, repr=False)
     #: the single-pass short-row kernels failed to build here (`torchpenalty.short_rows`)
     native_failed: bool = False
     group_layouts: dict[tuple, Any] = dataclasses.field(default_factory=dict, repr=False)
@@ -98,19 +107,26 @@ class Kernels:
         if self.backend == "auto" and sum(w.numel() for w in ws) < COMPILE_MIN_NUMEL:
             return False
         signature = (ws[0].device, ws[0].dtype, tuple(tuple(w.shape) for w in ws))
-        seen = self.signatures.setdefault(kernel, set())
+        seen = self.signatures.setdefault(kernel, {})
         if signature not in seen:
-            if len(seen) >= MAX_SIGNATURES:
+            if len(seen) >= MAX_SIGNATURES or kernel in self.exhausted:
                 return False
-            seen.add(signature)
+            seen[signature] = None
         return True
 
     def run_compiled(self, kernel: Callable, *args: object) -> tuple[bool, object]:
         """Run the compiled ``kernel``: ``(True, result)``, or ``(False, None)`` and eager from
         now on if this platform cannot compile (no C++ compiler, no Triton, ...)."""
         try:
-            with _recompile_limit(MAX_SIGNATURES + 8):
+            with _recompile_limit(RECOMPILE_LIMIT):
                 return True, _compiled(kernel)(*args)
+        except _RECOMPILE_LIMIT_HIT:
+            # only a new shape list compiles, so the newest is the one refused: it runs eager
+            seen = self.signatures.get(kernel, {})
+            if seen:
+                seen.pop(next(reversed(seen)))
+            self.exhausted.add(kernel)
+            return False, None
         except torch._dynamo.exc.BackendCompilerFailed as exc:
             self.compile_failed = True
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -123,17 +139,24 @@ class Kernels:
             return False, None
 
 
+#: what a fullgraph compile raises at the recompile limit, where torch has it
+_RECOMPILE_LIMIT_HIT = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())
+
+
 #: always eager: for lists that change from call to call (loss-mode chunks), where compiling
 #: each would not pay; it never compiles, so it holds no state
 EAGER = Kernels("eager")
 
 
 def _recompile_limit(limit: int) -> contextlib.AbstractContextManager:
-    """dynamo's recompile limit for one call; the option is ``recompile_limit`` since torch 2.7
-    (``cache_size_limit`` before)."""
+    """dynamo's recompile limits for one call, the per-function one and the accumulated one;
+    the first is ``recompile_limit`` since torch 2.7 (``cache_size_limit`` before)."""
     config = torch._dynamo.config
     key = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    return config.patch({key: limit})
+    limits = {key: limit}
+    if hasattr(config, "accumulated_recompile_limit"):
+        limits["accumulated_recompile_limit"] = limit
+    return config.patch(limits)
 
 
 def pack(sizes: Sequence[int], budget: int) -> list[list[int]]:

@@ -91,19 +91,31 @@ inline void norms(const T* w, int count, double* n) {
 constexpr double kScalarMax = sizeof(SCALAR) == sizeof(float) ? FLT_MAX : DBL_MAX;
 
 // w *= f or g += f * w over `count` rows, each row's factor spelled out per weight so that the
-// update runs as whole vectors over the block; in type F, then rounded once to the weights'
-template <int64_t MODE, typename F, int COUNT>
-inline void update(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const double* f, int count) {
+// update runs as whole vectors over the block; in type F, then rounded once to the weights'.
+// With an L1 term (L1): g += f * w + l1 * sign(w) (l1 = scale * l1), w = f * w - l1 * sign(w)
+// (decay: l1 = lr * l1); prox soft-thresholds the block before its norms instead.
+template <int64_t MODE, bool L1, typename F, int COUNT>
+inline void update(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const double* f, int count,
+                   double l1) {
   if constexpr (COUNT > 0) count = COUNT;  // a whole block: fixed trip counts
   F fe[kBlock * WIDTH];
   for (int b = 0; b < count; ++b)
     for (int j = 0; j < WIDTH; ++j) fe[b * WIDTH + j] = static_cast<F>(f[b]);
+  const F l1f = static_cast<F>(l1);
   if constexpr (MODE == kGrad) {
 #pragma omp simd
-    for (int e = 0; e < count * WIDTH; ++e) g[e] += static_cast<SCALAR>(fe[e] * w[e]);
+    for (int e = 0; e < count * WIDTH; ++e) {
+      F d = fe[e] * w[e];
+      if constexpr (L1) d += l1f * sign_of<F>(w[e]);
+      g[e] += static_cast<SCALAR>(d);
+    }
   } else {
 #pragma omp simd
-    for (int e = 0; e < count * WIDTH; ++e) w[e] = static_cast<SCALAR>(fe[e] * w[e]);
+    for (int e = 0; e < count * WIDTH; ++e) {
+      F d = fe[e] * w[e];
+      if constexpr (L1 && MODE == kDecay) d -= l1f * sign_of<F>(w[e]);
+      w[e] = static_cast<SCALAR>(d);
+    }
   }
 }
 
@@ -113,13 +125,32 @@ inline void update(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const double*
 constexpr int64_t kValueKeep = 5;
 constexpr int64_t kGradKept = 6;
 
-// one block of `count` consecutive rows starting at row r0
-template <int64_t MODE>
+// one block of `count` consecutive rows starting at row r0; with an L1 term, `l1` is its
+// coefficient (scale, lr or step times l1) and `abs_lanes` (kBlock of them) gather sum |w|
+// (value)
+template <int64_t MODE, bool L1>
 inline void block(SCALAR* __restrict__ w, SCALAR* __restrict__ g, SCALAR* __restrict__ kept,
-                  int64_t r0, int count, double k, const double* shared, double& sum) {
+                  int64_t r0, int count, double k, const double* shared, double l1, double& sum,
+                  double* __restrict__ abs_lanes) {
   SCALAR* __restrict__ rows = w + r0 * WIDTH;
   double n[kBlock] = {0}, f[kBlock];
   constexpr int64_t kApplied = MODE == kGradKept ? kGrad : MODE;
+  if constexpr (L1 && MODE == kProx) {  // u = soft(w, t_l1), then the group shrink of u
+    const SCALAR t = static_cast<SCALAR>(l1);
+#pragma omp simd
+    for (int e = 0; e < count * WIDTH; ++e) rows[e] = soft(rows[e], t);
+  }
+  if constexpr (L1 && (MODE == kValue || MODE == kValueKeep)) {
+    // |w| summed in kBlock float64 lanes (a whole block is WIDTH runs of kBlock weights): no
+    // horizontal reduction per block; the lanes are summed once per tensor
+    if (count == kBlock) {
+      for (int j = 0; j < WIDTH; ++j)
+#pragma omp simd
+        for (int l = 0; l < kBlock; ++l) abs_lanes[l] += std::fabs(rows[j * kBlock + l]);
+    } else {
+      for (int e = 0; e < count * WIDTH; ++e) abs_lanes[0] += std::fabs(rows[e]);
+    }
+  }
   if constexpr (MODE == kGradKept) {
     bool again = false;
     for (int b = 0; b < count; ++b) {
@@ -142,21 +173,24 @@ inline void block(SCALAR* __restrict__ w, SCALAR* __restrict__ g, SCALAR* __rest
   bool narrow = true;  // every factor fits the weights' dtype
   for (int b = 0; b < count; ++b) narrow &= std::fabs(f[b]) <= kScalarMax;
   if (!narrow) {  // a row of subnormal weights: its 1 / ||w_g|| exceeds float32's range
-    update<kApplied, double, 0>(rows, g + r0 * WIDTH, f, count);
+    update<kApplied, L1, double, 0>(rows, g + r0 * WIDTH, f, count, l1);
   } else if (count == kBlock) {
-    update<kApplied, SCALAR, kBlock>(rows, g + r0 * WIDTH, f, count);
+    update<kApplied, L1, SCALAR, kBlock>(rows, g + r0 * WIDTH, f, count, l1);
   } else {
-    update<kApplied, SCALAR, 0>(rows, g + r0 * WIDTH, f, count);
+    update<kApplied, L1, SCALAR, 0>(rows, g + r0 * WIDTH, f, count, l1);
   }
 }
 
-template <int64_t MODE>
+template <int64_t MODE, bool L1>
 void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
          const int64_t* rows, const double* params, const double* shared, double* out,
          int64_t count) {
   constexpr bool kSums = MODE == kValue || MODE == kValueKeep;
-  // per thread and tensor, summed in thread order afterwards: the same total on every call
-  std::vector<double> partial(kSums ? count * omp_get_max_threads() : 0, 0.0);
+  // per thread and tensor (sums of norms, then of |w|), summed in thread order afterwards:
+  // the same totals on every call
+  int threads = omp_get_max_threads();
+  std::vector<double> partial(kSums ? 2 * count * threads : 0, 0.0);
+  const double l1 = shared[3];
 #pragma omp parallel
   {
     int tid = omp_get_thread_num();
@@ -164,23 +198,31 @@ void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
       SCALAR* w = reinterpret_cast<SCALAR*>(w_ptrs[i]);
       SCALAR* g = reinterpret_cast<SCALAR*>(g_ptrs[i]);
       SCALAR* kept = reinterpret_cast<SCALAR*>(kept_ptrs[i]);
-      double k = params[i], sum = 0;
+      double k = params[i], sum = 0, abs_lanes[kBlock] = {0};
       int64_t blocks = (rows[i] + kBlock - 1) / kBlock;
 #pragma omp for schedule(static) nowait
       for (int64_t blk = 0; blk < blocks; ++blk) {
         int64_t r0 = blk * kBlock;
         int n = static_cast<int>(rows[i] - r0 < kBlock ? rows[i] - r0 : kBlock);
-        block<MODE>(w, g, kept, r0, n, k, shared, sum);
+        block<MODE, L1>(w, g, kept, r0, n, k, shared, l1, sum, abs_lanes);
       }
-      if constexpr (kSums) partial[tid * count + i] = sum;
+      if constexpr (kSums) {
+        double abs_sum = 0;
+        for (int l = 0; l < kBlock; ++l) abs_sum += abs_lanes[l];
+        partial[(tid * count + i) * 2] = sum;
+        partial[(tid * count + i) * 2 + 1] = abs_sum;
+      }
     }
   }
   if constexpr (kSums) {
-    int threads = static_cast<int>(partial.size() / (count ? count : 1));
     for (int64_t i = 0; i < count; ++i) {
-      double total = 0;
-      for (int t = 0; t < threads; ++t) total += partial[t * count + i];
+      double total = 0, abs_total = 0;
+      for (int t = 0; t < threads; ++t) {
+        total += partial[(t * count + i) * 2];
+        abs_total += partial[(t * count + i) * 2 + 1];
+      }
       out[i] = total;
+      out[count + i] = abs_total;
     }
   }
 }
@@ -189,12 +231,17 @@ void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
 
 // w_ptrs, g_ptrs, kept_ptrs: each tensor's data, its gradient (gradient modes) and its rows'
 // kept norms (loss mode); rows: its row count; params: its k (decay, gradient) or t (prox);
-// shared: lo, hi, rate (project); out: each tensor's sum of norms (value).
+// shared: lo, hi, rate (project), then the L1 term's coefficient (0: none; value: any
+// non-zero); out: each tensor's sum of norms, then each one's sum |w| (value, with L1).
 extern "C" void kernel(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
                        const int64_t* rows, const double* params, const double* shared,
                        double* out, int64_t count, int64_t mode) {
   auto call = [&](auto m) {
-    run<m()>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count);
+    if (shared[3] != 0) {
+      run<m(), true>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count);
+    } else {
+      run<m(), false>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count);
+    }
   };
   if (mode == kValueKeep) return call(std::integral_constant<int64_t, kValueKeep>{});
   if (mode == kGradKept) return call(std::integral_constant<int64_t, kGradKept>{});

@@ -135,6 +135,17 @@ def indexed_kernel(dtype: torch.dtype, width: int) -> Callable[..., None]:
     return _build("indexed_runs.cpp", argtypes, {"WIDTH": width, "SCALAR": scalar})
 
 
+def shared_args(
+    l1: Tensor | None = None, bounds: tuple[Tensor, Tensor, Tensor] | None = None
+) -> Tensor:
+    """The kernels' shared arguments, float64: a projection's ``(lo, hi, rate)`` (zeros for
+    the other modes), then the L1 term's coefficient (``scale * l1`` for the gradient, ``lr *
+    l1`` for decay, ``step * l1`` for prox, the strength itself for the value; 0: no L1 term)."""
+    parts = [t.reshape(()) for t in bounds] if bounds else [torch.zeros(())] * 3
+    parts.append(torch.zeros(()) if l1 is None else l1.reshape(()))
+    return torch.stack([p.to(torch.float64) for p in parts])
+
+
 def run_indexed(
     mode: str,
     w: Tensor,
@@ -150,13 +161,14 @@ def run_indexed(
     gradient, for the gradient modes) whose runs of ``numel // len(group_of)`` weights belong
     to the ``groups`` groups ``group_of`` (int32), of coefficients ``c`` (float64: one per
     group, or one for all); ``k`` (float64, one element): the mode's ``k`` or ``t`` before
-    ``c_g``. The value returns ``sum_g c_g ||w_g||`` (a float64 0-dim tensor); the other modes
-    update ``w`` (``g``) in place.
+    ``c_g``; ``shared`` (`shared_args`): the projection's bounds and the L1 term's
+    coefficient. The value returns ``(sum_g c_g ||w_g||, sum |w|)`` (float64; the second 0
+    without an L1 term); the other modes update ``w`` (``g``) in place.
 
     Loss mode: ``value_norms`` writes the groups' norms into ``norms`` (float64, one per
     group), and ``add_grad_norms`` reads them from it instead of summing the groups again."""
-    value = torch.zeros((), dtype=torch.float64)
-    shared = torch.zeros(3, dtype=torch.float64) if shared is None else shared
+    value = torch.zeros(2, dtype=torch.float64)
+    shared = shared_args() if shared is None else shared
     target = w if g is None else g
     runs = group_of.numel()
     width = w.numel() // runs
@@ -181,15 +193,18 @@ def run(
 ) -> Tensor | None:
     """Run ``mode`` over ``ws``: ``(rows, width)`` views of tensors `width_of` accepts (``gs``:
     their gradients' views, for the gradient modes), one call per dtype and width. ``params``
-    holds each tensor's ``k`` (decay, gradient) or ``t`` (prox), float64; ``shared`` the
-    projection's ``(lo, hi, rate)``. The value returns each tensor's sum of row norms
-    (float64); the other modes update ``ws`` (``gs`` for the gradient) in place.
+    holds each tensor's ``k`` (decay, gradient) or ``t`` (prox), float64; ``shared``
+    (`shared_args`) the projection's bounds and the L1 term's coefficient. The value returns
+    each tensor's sum of row norms and, in a second row, its sum of ``|w|`` (float64, ``(2,
+    len(ws))``; 0 without an L1 term); the other modes update ``ws`` (``gs`` for the
+    gradient) in place.
 
     Loss mode: ``value_norms`` fills each given ``kept`` tensor (one entry per row, the
     weights' dtype) with its rows' norms, and ``add_grad_norms`` divides by them instead of
     norming the rows again (where ``kept`` has None, it norms them)."""
-    sums = torch.zeros(len(ws), dtype=torch.float64) if mode in ("value", "value_norms") else None
-    shared = torch.zeros(3, dtype=torch.float64) if shared is None else shared
+    values = mode in ("value", "value_norms")
+    sums = torch.zeros(2, len(ws), dtype=torch.float64) if values else None
+    shared = shared_args() if shared is None else shared
     kept = kept or [None] * len(ws)
     buckets: dict[tuple[torch.dtype, int, bool], list[int]] = {}
     for i, w in enumerate(ws):
@@ -203,10 +218,10 @@ def run(
             for ts in ([ws[i] for i in idx], [targets[i] for i in idx], kept_or_w)
         ]
         rows = torch.tensor([ws[i].shape[0] for i in idx], dtype=torch.int64)
-        out = torch.zeros(len(idx), dtype=torch.float64)
+        out = torch.zeros(2, len(idx), dtype=torch.float64)
         kernel(dtype, width)(*pointers, rows, params[idx], shared, out, len(idx), code)
         if sums is not None:
-            sums[idx] = out
+            sums[:, idx] = out
         else:  # written through pointers: autograd must still see the in-place update
             for i in idx:
                 increment_version(targets[i])
