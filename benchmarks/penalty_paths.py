@@ -15,7 +15,7 @@ the same run on the same tensors (every parameter of the model is regularized):
   same bytes at the bandwidth of a device-to-device copy measured in the same run. Group
   penalties (``--penalties group``: group lasso on rows, cols, the whole tensor and callable
   groups (`row_pairs`, `blocks_of_16`, `kernel_windows`, `unequal_rows`, `scattered`), sparse
-  group lasso on rows, applied to the weights,
+  group lasso on rows, cols, `kernel_windows` and `scattered`, applied to the weights,
   ``ndim >= 2``) need their group norms first: their floor is one reading pass more (the value
   floor) before the update pass. Constraints (``--penalties constraint``: max-norm of rows and
   cols, unit-norm and min-max-norm of rows) time their projection, ``reg.project_()``, against
@@ -191,6 +191,9 @@ FAMILIES = {
         GroupLasso(LAM, unequal_rows),
         GroupLasso(LAM, scattered),
         SparseGroupLasso(LAM, LAM, "rows"),
+        SparseGroupLasso(LAM, LAM, "cols"),
+        SparseGroupLasso(LAM, LAM, kernel_windows),
+        SparseGroupLasso(LAM, LAM, scattered),
     ),
     "constraint": (
         MaxNorm(0.5, "rows"),

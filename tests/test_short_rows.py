@@ -1,5 +1,5 @@
 """The single-pass short-row kernels (`torchpenalty.short_rows`) against the eager group
-penalties and torch's own norms: every mode, float32 and float64, row widths from 3 to 32, row
+penalties and torch's own norms: every mode, float32 and float64, row widths from 1 to 49, row
 counts with and without a partial last block, and zero, tiny, huge, subnormal and NaN rows."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def close(a, b, dtype):
 CASES = [
     (rows, width, dtype)
     for dtype in (torch.float32, torch.float64)
-    for rows, width in ((37, 9), (16, 3), (20, 17), (64, 32), (5, 9))
+    for rows, width in ((37, 9), (16, 3), (20, 17), (64, 32), (5, 9), (40, 1), (12, 49))
 ]
 
 
@@ -88,6 +88,7 @@ SGL_CASES = [
     (16, 3, torch.float32),
     (20, 17, torch.float64),
     (64, 32, torch.float64),
+    (12, 49, torch.float32),
 ]
 
 
@@ -171,10 +172,10 @@ def test_norms_of_float64_rows_are_exact_over_the_whole_range():
     [
         torch.randn(8, 9).t(),  # not contiguous
         torch.randn(8, 9, dtype=torch.bfloat16),  # not float32 / float64
-        torch.randn(8, 40),  # rows longer than SHORT_ROWS
-        torch.randn(8, 1),  # one weight per row
+        torch.randn(8, 72),  # rows longer than WIDEST
+        torch.randn(0, 9),  # no rows
     ],
-    ids=["strided", "bfloat16", "long-rows", "width-1"],
+    ids=["strided", "bfloat16", "long-rows", "empty"],
 )
 def test_width_of_refuses_what_the_kernels_do_not_take(w):
     assert short_rows.width_of(w, w.shape[0]) is None

@@ -35,10 +35,13 @@ inline T soft(T x, T t) {
   return x - c;
 }
 
+// every division is unconditional (its divisor is floored, never 0) and every choice a select:
+// loops over these factors vectorize, where a division inside a branch keeps them scalar
 template <int64_t MODE>
 inline double factor(double n, double k, const double* shared) {
   if constexpr (MODE == kDecay) {
-    return 1.0 - (n == 0 ? 0.0 : k / floored(n));
+    double q = k / floored(n);
+    return 1.0 - (n == 0 ? 0.0 : q);
   } else if constexpr (MODE == kProx) {
     double f = 1.0 - k / floored(n);
     f = f < 0 ? 0.0 : f;
@@ -47,9 +50,11 @@ inline double factor(double n, double k, const double* shared) {
     double lo = shared[0], hi = shared[1], rate = shared[2];
     double clipped = n < lo ? lo : n;
     clipped = clipped > hi ? hi : clipped;
-    return n == 0 ? 1.0 : (rate * clipped + (1 - rate) * n) / floored(n);
+    double q = (rate * clipped + (1 - rate) * n) / floored(n);
+    return n == 0 ? 1.0 : q;
   } else {
-    return n == 0 ? 0.0 : k / floored(n);
+    double q = k / floored(n);
+    return n == 0 ? 0.0 : q;
   }
 }
 

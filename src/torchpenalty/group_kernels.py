@@ -13,7 +13,7 @@ groups in neither form are `Indexed`: runs of consecutive elements that share a 
 rows for groups of output units of unequal size; single elements for scattered groups), whose
 sums are scattered by group. Groups spanning FSDP2 shards take the eager path.
 
-Rows of 2 to 32 weights (a 3x3 kernel window: 9) of contiguous float32 / float64 CPU tensors run
+Rows of 1 to 64 weights (a 3x3 kernel window: 9) of contiguous float32 / float64 CPU tensors run
 in `torchpenalty.short_rows`' single-pass C++ kernels instead, which the compiler does not
 generate: each block of rows is read once for its norms, factors and update. Elsewhere (a GPU, a
 user's compiled region), rows too short to fill a vector have their update split: the compiled
@@ -40,10 +40,11 @@ from torch import Tensor
 from . import short_rows
 from .kernels import Kernels, Tensors, lists, scalar
 
-# Rows of at most SHORT_ROWS weights (the short-row kernels' bound) are summed column by column
-# here too: a reduction per row of a few elements costs a horizontal reduction each (4-10x the
-# memory floor), while summing the columns vectorizes across rows (blocks of 16: 1.1-1.9x).
-SHORT_ROWS = short_rows.SHORT_ROWS
+# Rows of at most SHORT_ROWS weights are summed column by column in the compiled kernels: a
+# reduction per row of a few elements costs a horizontal reduction each (4-10x the memory
+# floor), while summing the columns vectorizes across rows (blocks of 16: 1.1-1.9x). (On CPU,
+# rows up to `short_rows.WIDEST` weights take the C++ kernels instead.)
+SHORT_ROWS = 32
 
 GROUPINGS = ("rows", "cols", "tensor")
 #: rows summed per block before the blocks are summed: a column sum read in row-major blocks

@@ -181,6 +181,39 @@ inline void block(SCALAR* __restrict__ w, SCALAR* __restrict__ g, SCALAR* __rest
   }
 }
 
+// groups of one weight: ||w_g|| = |w| exactly (no square, no scaling), so elements [begin,
+// end) run as one flat vector loop rather than blocks of 16 one-weight rows
+template <int64_t MODE, bool L1>
+inline void single_weights(SCALAR* __restrict__ w, SCALAR* __restrict__ g, int64_t begin,
+                           int64_t end, double k, const double* shared, double l1, double& sum,
+                           double* __restrict__ abs_lanes) {
+  const SCALAR t = static_cast<SCALAR>(l1);
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t e = begin; e < end; ++e) {
+    SCALAR x = w[e];
+    if constexpr (L1 && MODE == kProx) x = soft(x, t);
+    double n = std::fabs(static_cast<double>(x));
+    if constexpr (MODE == kValue) {
+      s += n;
+    } else {
+      double d = factor<MODE>(n, k, shared) * x;
+      if constexpr (MODE == kGrad) {
+        if constexpr (L1) d += l1 * sign_of<double>(x);
+        g[e] += static_cast<SCALAR>(d);
+      } else {
+        if constexpr (L1 && MODE == kDecay) d -= l1 * sign_of<double>(x);
+        w[e] = static_cast<SCALAR>(d);
+      }
+    }
+  }
+  sum += s;
+  if constexpr (L1) abs_lanes[0] += s;  // the weights' |w| are their norms
+}
+
+// elements per chunk of the flat loop (`single_weights`)
+constexpr int64_t kChunk = 4096;
+
 template <int64_t MODE, bool L1>
 void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
          const int64_t* rows, const double* params, const double* shared, double* out,
@@ -199,12 +232,21 @@ void run(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64_t* kept_ptrs,
       SCALAR* g = reinterpret_cast<SCALAR*>(g_ptrs[i]);
       SCALAR* kept = reinterpret_cast<SCALAR*>(kept_ptrs[i]);
       double k = params[i], sum = 0, abs_lanes[kBlock] = {0};
-      int64_t blocks = (rows[i] + kBlock - 1) / kBlock;
+      if constexpr (WIDTH == 1 && MODE != kValueKeep && MODE != kGradKept) {
+        int64_t chunks = (rows[i] + kChunk - 1) / kChunk;
 #pragma omp for schedule(static) nowait
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        int64_t r0 = blk * kBlock;
-        int n = static_cast<int>(rows[i] - r0 < kBlock ? rows[i] - r0 : kBlock);
-        block<MODE, L1>(w, g, kept, r0, n, k, shared, l1, sum, abs_lanes);
+        for (int64_t c = 0; c < chunks; ++c) {
+          int64_t end = (c + 1) * kChunk < rows[i] ? (c + 1) * kChunk : rows[i];
+          single_weights<MODE, L1>(w, g, c * kChunk, end, k, shared, l1, sum, abs_lanes);
+        }
+      } else {
+        int64_t blocks = (rows[i] + kBlock - 1) / kBlock;
+#pragma omp for schedule(static) nowait
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          int64_t r0 = blk * kBlock;
+          int n = static_cast<int>(rows[i] - r0 < kBlock ? rows[i] - r0 : kBlock);
+          block<MODE, L1>(w, g, kept, r0, n, k, shared, l1, sum, abs_lanes);
+        }
       }
       if constexpr (kSums) {
         double abs_sum = 0;

@@ -1,6 +1,6 @@
 """C++ kernels for groups made of short runs of consecutive weights, on CPU.
 
-A group lasso over rows of 2 to `SHORT_ROWS` weights (a 3x3 conv's kernel windows: 9) has one
+A group lasso over rows of 1 to `WIDEST` weights (a 3x3 conv's kernel windows: 9) has one
 norm per few weights. The fused kernels of `torchpenalty.group_kernels` read the rows once for
 their norms and once more for the update, and inductor runs both passes as scalar loops over
 rows this short (1.7-2.6x the memory floor). `short_rows.cpp` reads each block of 16 rows once,
@@ -10,8 +10,11 @@ while it is in cache, for their norms ``n``, factors and update:
   ``n <= t`` (``t = step * lam * c_g``); project: ``w *= target(n) / n``;
 - gradient: ``g += k / n * w`` (``k = scale * lam * c_g``); value: ``sum_g n``.
 
+Groups of one weight (a 1x1 conv's or a Linear's kernel windows) have ``n = |w|`` exactly and
+run as one flat vector loop.
+
 Irregular groups (a callable's scattered indices, `group_kernels.Indexed`) of float32 or
-float64 runs of at most `SHORT_ROWS` weights run in `indexed_runs.cpp`: each thread sums its
+float64 runs of at most `WIDEST` weights run in `indexed_runs.cpp`: each thread sums its
 runs' squares into its own per-group accumulator, then one pass scales each run (the compiled
 path scatters a float64 square per weight and gathers a factor per weight: 12-29x the floor).
 float64 groups whose plain sum of squares may have underflowed or overflowed are summed again,
@@ -35,8 +38,9 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-#: rows up to this many weights run here
-SHORT_ROWS = 32
+#: rows (and irregular groups' runs) of up to this many weights run here: a 7x7 window (49)
+#: too, so a model of kernel windows leaves no tensor to a compiled kernel
+WIDEST = 64
 DTYPES = {torch.float32: "float", torch.float64: "double"}
 #: the C++ kernel's mode numbers
 MODES = {
@@ -85,17 +89,18 @@ def _takes(w: Tensor, dtypes: Collection[torch.dtype]) -> bool:
 
 def width_of(w: Tensor, rows: int) -> int | None:
     """The row width of ``w`` grouped in ``rows`` consecutive rows when these kernels take it:
-    2 to `SHORT_ROWS` weights of a float32 or float64 contiguous CPU tensor; else None."""
+    1 (groups of one weight) to `WIDEST` weights of a float32 or float64 contiguous CPU tensor;
+    else None."""
     width = w.numel() // rows if rows else 0
-    return width if 1 < width <= SHORT_ROWS and _takes(w, DTYPES) else None
+    return width if 0 < width <= WIDEST and _takes(w, DTYPES) else None
 
 
 def indexed_width_of(w: Tensor, runs: int) -> int | None:
     """The run width of ``w`` cut into ``runs`` runs of irregular groups when
-    `indexed_runs.cpp` takes it: 1 (scattered groups) to `SHORT_ROWS` weights of a float32 or
+    `indexed_runs.cpp` takes it: 1 (scattered groups) to `WIDEST` weights of a float32 or
     float64 contiguous CPU tensor; else None."""
     width = w.numel() // runs if runs else 0
-    return width if 0 < width <= SHORT_ROWS and _takes(w, DTYPES) else None
+    return width if 0 < width <= WIDEST and _takes(w, DTYPES) else None
 
 
 def _build(source: str, argtypes: list[str], defines: dict[str, object]) -> Callable[..., None]:
