@@ -312,6 +312,65 @@ def test_float64_sparse_group_lasso_prox_of_extreme_irregular_groups(run):
     assert torch.equal(got == 0, want == 0) and (got == 0).any() and (got != 0).any()
 
 
+def conv_and_linear(dtype: torch.dtype) -> nn.Module:
+    """A conv (column blocks of 9: its input channels) and a Linear (columns), with a zero, a
+    tiny (squares underflow in float32), a huge and a NaN column group."""
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(6, 20, 3), nn.Flatten(), nn.Linear(13, 12)).to(dtype)
+    with torch.no_grad():
+        m[0].weight[:, 0] = 0.0
+        m[0].weight[:, 1] = 1e-30
+        m[0].weight[:, 2] = 1e30
+        m[2].weight[3, 4] = float("nan")
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+    return m
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        GroupLasso(0.3, "cols"),
+        GroupLasso(0.3, "cols", "sqrt_size"),
+        SparseGroupLasso(0.1, 0.3, "cols"),
+        MinMaxNorm(0.2, 0.6, 0.5, "cols"),
+    ],
+    ids=str,
+)
+def test_column_blocks_equal_the_eager_path_in_every_mode(penalty):
+    """`column_blocks.cpp` (float32 column blocks): every mode, loss mode with kept norms, the
+    same exact zeros, NaN groups staying NaN."""
+    a, b = conv_and_linear(torch.float32), conv_and_linear(torch.float32)
+    eager = Regularizer(a, penalty, backend="eager")
+    native = Regularizer(b, penalty, backend="compile")
+    hits = short_rows.column_kernel.cache_info().hits
+    if penalty.constraints():
+        eager.project_()
+        native.project_()
+    else:
+        with torch.no_grad():  # the values, without the NaN group
+            for m in (a, b):
+                m[2].weight[3, 4] = 0.0
+        close(eager.value(), native.value(), torch.float32)
+        (3.0 * eager()).backward()  # loss mode into the existing .grad
+        (3.0 * native()).backward()
+        with torch.no_grad():
+            for m in (a, b):
+                m[2].weight[3, 4] = float("nan")
+        eager.add_to_grad_(2.0)
+        native.add_to_grad_(torch.tensor(2.0, dtype=torch.float64))
+        eager.decay_(0.01)
+        native.decay_(0.01)
+        eager.prox_(0.5)
+        native.prox_(0.5)
+        assert (b[0].weight[:, :2] == 0).all() and (b[0].weight[:, 2] != 0).all()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        close(p, q, torch.float32)
+        close(p.grad, q.grad, torch.float32)
+        assert torch.equal(p == 0, q == 0) and torch.equal(p.isnan(), q.isnan())
+    assert short_rows.column_kernel.cache_info().hits > hits  # the column kernel ran
+
+
 def test_irregular_groups_of_short_runs_project_as_the_eager_path():
     a, b = layer(24, 9, torch.float32), layer(24, 9, torch.float32)
     constraint = MinMaxNorm(0.2, 0.6, 0.5, scattered_runs(1))

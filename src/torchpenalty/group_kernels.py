@@ -15,7 +15,8 @@ sums are scattered by group. Groups spanning FSDP2 shards take the eager path.
 
 Rows of 1 to 64 weights (a 3x3 kernel window: 9) of contiguous float32 / float64 CPU tensors run
 in `torchpenalty.short_rows`' single-pass C++ kernels instead, which the compiler does not
-generate: each block of rows is read once for its norms, factors and update. Elsewhere (a GPU, a
+generate: each block of rows is read once for its norms, factors and update. So do irregular
+groups' runs and float32 column blocks, in two passes. Elsewhere (a GPU, a
 user's compiled region), rows too short to fill a vector have their update split: the compiled
 kernel computes one factor per row, and one eager broadcasting pass applies it (`finish`).
 
@@ -534,10 +535,13 @@ def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]
 
 
 def _native_width(w: Tensor, lay: Groups) -> int | None:
-    """The run width `short_rows` takes ``w`` grouped as ``lay`` with, else None."""
+    """The run width `short_rows` takes ``w`` grouped as ``lay`` with (0 for column blocks),
+    else None."""
     if isinstance(lay, Indexed):
         return short_rows.indexed_width_of(w, lay.group_of.numel())
-    return None if lay.cols else short_rows.width_of(w, lay.rows)
+    if lay.cols:
+        return 0 if short_rows.takes_column_blocks(w) else None
+    return short_rows.width_of(w, lay.rows)
 
 
 def _native(runner: Kernels, mode: str, named: dict[str, Any]) -> list[int]:
@@ -559,8 +563,11 @@ def _native(runner: Kernels, mode: str, named: dict[str, Any]) -> list[int]:
         chosen.append((i, width))
     try:
         for i, width in chosen:
-            if isinstance(named["layouts"][i], Indexed):
+            lay = named["layouts"][i]
+            if isinstance(lay, Indexed):
                 short_rows.indexed_kernel(ws[i].dtype, width)
+            elif lay.cols:
+                short_rows.column_kernel()
             else:
                 short_rows.kernel(ws[i].dtype, width)
     except Exception as exc:  # no working C++ toolchain: the compiled kernels still may work
@@ -627,7 +634,7 @@ def _native_part(
             l1 = None if l1 is None else l1 * named[factor].double()
         shared = short_rows.shared_args(l1)
     coefs = named.get("coefs", [1.0] * len(ws))
-    rows = [i for i in native if isinstance(layouts[i], Layout)]
+    rows = [i for i in native if isinstance(layouts[i], Layout) and not layouts[i].cols]
     total = torch.zeros((), dtype=torch.float64)
     abs_total = torch.zeros((), dtype=torch.float64)  # sum |w|, for the L1 term's value
     if rows:
@@ -645,7 +652,19 @@ def _native_part(
             abs_total = abs_total + sums[1].sum()
     for i in native:
         lay = layouts[i]
-        if isinstance(lay, Indexed):
+        if isinstance(lay, Layout) and lay.cols:
+            view = ws[i].view(lay.rows, -1)
+            g = gs[i].view(view.shape) if gs else None
+            c = float(coefs[i])
+            norms = named["norms"][i] if mode == "add_grad_norms" else None
+            if mode == "value_norms":
+                norms = torch.empty(lay.cols, dtype=torch.float64)
+                kept[i] = norms = norms if _keeps_norms(norms, ws[i]) else None
+            part = short_rows.run_columns(mode, view, g, lay.cols, k * c, shared, norms)
+            if part is not None:
+                total = total + part[0] * c
+                abs_total = abs_total + part[1]
+        elif isinstance(lay, Indexed):
             c = coefs[i]
             cs = c if isinstance(c, Tensor) else torch.tensor([c], dtype=torch.float64)
             g = gs[i] if gs else None

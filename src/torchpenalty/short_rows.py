@@ -1,4 +1,5 @@
-"""C++ kernels for groups made of short runs of consecutive weights, on CPU.
+"""C++ kernels for groups made of short runs of consecutive weights (and of column blocks), on
+CPU.
 
 A group lasso over rows of 1 to `WIDEST` weights (a 3x3 conv's kernel windows: 9) has one
 norm per few weights. The fused kernels of `torchpenalty.group_kernels` read the rows once for
@@ -19,6 +20,10 @@ runs' squares into its own per-group accumulator, then one pass scales each run 
 path scatters a float64 square per weight and gathers a factor per weight: 12-29x the floor).
 float64 groups whose plain sum of squares may have underflowed or overflowed are summed again,
 scaled by their largest magnitude.
+
+Groups of column blocks (``cols``: a conv's input channels) of float32 weights run in
+`column_blocks.cpp`: each thread sums its rows' squares into a float64 accumulator per column
+(a contiguous vector add per row), then one pass scales each row by its columns' factors.
 
 The arithmetic is the fused kernels' (`group_factors.h`), so both give the same exact zeros.
 The kernels are built once per row width and dtype by inductor's C++ toolchain (the compiler
@@ -82,6 +87,20 @@ _INDEXED_ARGTYPES = [
 ]
 
 
+#: the column-block entry point's, after its two pointers to the weights
+_COLUMN_ARGTYPES = [
+    "const double*",
+    "const double*",
+    "double*",
+    "double*",
+    "int64_t",
+    "int64_t",
+    "int64_t",
+    "int64_t",
+    "int64_t",
+]
+
+
 def _takes(w: Tensor, dtypes: Collection[torch.dtype]) -> bool:
     """Whether ``w`` is a contiguous CPU tensor of one of ``dtypes``: what the kernels read."""
     return w.dtype in dtypes and w.device.type == "cpu" and w.is_contiguous()
@@ -101,6 +120,13 @@ def indexed_width_of(w: Tensor, runs: int) -> int | None:
     float64 contiguous CPU tensor; else None."""
     width = w.numel() // runs if runs else 0
     return width if 0 < width <= WIDEST and _takes(w, DTYPES) else None
+
+
+def takes_column_blocks(w: Tensor) -> bool:
+    """Whether `column_blocks.cpp` takes ``w`` grouped in blocks of columns: a float32
+    contiguous CPU tensor (float32 squares summed in float64 neither underflow nor overflow;
+    float64 column blocks keep the fused kernels, which scale them)."""
+    return _takes(w, (torch.float32,))
 
 
 def _build(source: str, argtypes: list[str], defines: dict[str, object]) -> Callable[..., None]:
@@ -138,6 +164,43 @@ def indexed_kernel(dtype: torch.dtype, width: int) -> Callable[..., None]:
     scalar = DTYPES[dtype]
     argtypes = [f"{scalar}*", f"{scalar}*", *_INDEXED_ARGTYPES]
     return _build("indexed_runs.cpp", argtypes, {"WIDTH": width, "SCALAR": scalar})
+
+
+@functools.cache
+def column_kernel() -> Callable[..., None]:
+    """The compiled C++ kernel for groups of column blocks of float32 weights
+    (`column_blocks.cpp`). Raises where no C++ compiler works."""
+    argtypes = ["float*", "float*", *_COLUMN_ARGTYPES]
+    return _build("column_blocks.cpp", argtypes, {"SCALAR": "float"})
+
+
+def run_columns(
+    mode: str,
+    w: Tensor,
+    g: Tensor | None,
+    groups: int,
+    k: Tensor,
+    shared: Tensor | None = None,
+    norms: Tensor | None = None,
+) -> Tensor | None:
+    """Run ``mode`` over one ``(rows, cols)`` contiguous float32 CPU view ``w`` (``g``: its
+    gradient's, for the gradient modes) grouped in ``groups`` equal blocks of consecutive
+    columns across all rows; ``k`` (float64, one element): the mode's ``k`` or ``t`` with
+    ``c_g``; ``shared`` (`shared_args`). The value returns ``(sum_g ||w_g||, sum |w|)``
+    (float64; the second 0 without an L1 term); the other modes update ``w`` (``g``) in place.
+    Loss mode: ``value_norms`` writes the groups' norms into ``norms`` (float64, one per
+    group), and ``add_grad_norms`` reads them from it."""
+    value = torch.zeros(2, dtype=torch.float64)
+    shared = shared_args() if shared is None else shared
+    target = w if g is None else g
+    rows, cols = w.shape
+    keep = 0 if norms is None else 1 if mode == "value_norms" else 2
+    out = value if norms is None else norms  # a valid pointer where none is kept
+    column_kernel()(w, target, shared, k, value, out, keep, rows, cols, cols // groups, MODES[mode])
+    if mode in ("value", "value_norms"):
+        return value
+    increment_version(target)  # written through its pointer: autograd must see the update
+    return None
 
 
 def shared_args(
