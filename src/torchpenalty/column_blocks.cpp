@@ -78,16 +78,12 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const double* shared, d
       SCALAR* __restrict__ y = g + r * cols;
 #pragma omp simd
       for (int64_t j = 0; j < cols; ++j) {
+        SCALAR v = kSoft ? soft(x[j], t) : x[j];
+        double d = updated<MODE, L1>(fc[j], v, l1);
         if constexpr (MODE == kGrad) {
-          double d = fc[j] * x[j];
-          if constexpr (L1) d += l1 * sign_of<double>(x[j]);
           y[j] += static_cast<SCALAR>(d);
-        } else if constexpr (MODE == kDecay) {
-          double d = fc[j] * x[j];
-          if constexpr (L1) d -= l1 * sign_of<double>(x[j]);
-          x[j] = static_cast<SCALAR>(d);
         } else {
-          x[j] = static_cast<SCALAR>(fc[j] * (kSoft ? soft(x[j], t) : x[j]));
+          x[j] = static_cast<SCALAR>(d);
         }
       }
     }

@@ -25,6 +25,18 @@ inline F sign_of(T x) {
   return static_cast<F>((x > 0) - (x < 0));
 }
 
+// one weight x updated with its group's factor f, in type F: the gradient's term f * x (added
+// to the gradient), decay's and the other modes' new weight f * x; with an L1 term (L1, its
+// coefficient l1), the gradient adds l1 * sign(x) and decay subtracts it (prox passes x
+// soft-thresholded already)
+template <int64_t MODE, bool L1, typename F, typename T>
+inline F updated(F f, T x, F l1) {
+  F d = f * x;
+  if constexpr (L1 && MODE == kGrad) d += l1 * sign_of<F>(x);
+  if constexpr (L1 && MODE == kDecay) d -= l1 * sign_of<F>(x);
+  return d;
+}
+
 // the soft threshold x - clamp(x, -t, t), as torchpenalty.group_kernels._soft: exactly 0 for
 // |x| <= t
 template <typename T>

@@ -163,16 +163,12 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
         double fr = n[group_of[r]];
         for (int j = 0; j < WIDTH; ++j) {
           int64_t e = r * WIDTH + j;
+          SCALAR v = soft_here ? soft(w[e], t) : w[e];
+          double d = updated<MODE, L1>(fr, v, l1);
           if constexpr (MODE == kGrad) {
-            double d = fr * w[e];
-            if constexpr (L1) d += l1 * sign_of<double>(w[e]);
             g[e] += static_cast<SCALAR>(d);
-          } else if constexpr (MODE == kDecay) {
-            double d = fr * w[e];
-            if constexpr (L1) d -= l1 * sign_of<double>(w[e]);
-            w[e] = static_cast<SCALAR>(d);
           } else {
-            w[e] = static_cast<SCALAR>(fr * (soft_here ? soft(w[e], t) : w[e]));
+            w[e] = static_cast<SCALAR>(d);
           }
         }
       }

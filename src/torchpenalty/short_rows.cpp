@@ -104,18 +104,12 @@ inline void update(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const double*
   const F l1f = static_cast<F>(l1);
   if constexpr (MODE == kGrad) {
 #pragma omp simd
-    for (int e = 0; e < count * WIDTH; ++e) {
-      F d = fe[e] * w[e];
-      if constexpr (L1) d += l1f * sign_of<F>(w[e]);
-      g[e] += static_cast<SCALAR>(d);
-    }
+    for (int e = 0; e < count * WIDTH; ++e)
+      g[e] += static_cast<SCALAR>(updated<MODE, L1>(fe[e], w[e], l1f));
   } else {
 #pragma omp simd
-    for (int e = 0; e < count * WIDTH; ++e) {
-      F d = fe[e] * w[e];
-      if constexpr (L1 && MODE == kDecay) d -= l1f * sign_of<F>(w[e]);
-      w[e] = static_cast<SCALAR>(d);
-    }
+    for (int e = 0; e < count * WIDTH; ++e)
+      w[e] = static_cast<SCALAR>(updated<MODE, L1>(fe[e], w[e], l1f));
   }
 }
 
@@ -197,12 +191,10 @@ inline void single_weights(SCALAR* __restrict__ w, SCALAR* __restrict__ g, int64
     if constexpr (MODE == kValue) {
       s += n;
     } else {
-      double d = factor<MODE>(n, k, shared) * x;
+      double d = updated<MODE, L1>(factor<MODE>(n, k, shared), x, l1);
       if constexpr (MODE == kGrad) {
-        if constexpr (L1) d += l1 * sign_of<double>(x);
         g[e] += static_cast<SCALAR>(d);
       } else {
-        if constexpr (L1 && MODE == kDecay) d -= l1 * sign_of<double>(x);
         w[e] = static_cast<SCALAR>(d);
       }
     }

@@ -76,29 +76,12 @@ _INDEXED_ARGTYPES = [
     "const int32_t*",
     "const double*",
     "int64_t",
-    "const double*",
-    "const double*",
-    "double*",
-    "double*",
-    "int64_t",
-    "int64_t",
-    "int64_t",
-    "int64_t",
+    *["const double*"] * 2,
+    *["double*"] * 2,
+    *["int64_t"] * 4,
 ]
-
-
 #: the column-block entry point's, after its two pointers to the weights
-_COLUMN_ARGTYPES = [
-    "const double*",
-    "const double*",
-    "double*",
-    "double*",
-    "int64_t",
-    "int64_t",
-    "int64_t",
-    "int64_t",
-    "int64_t",
-]
+_COLUMN_ARGTYPES = [*["const double*"] * 2, *["double*"] * 2, *["int64_t"] * 5]
 
 
 def _takes(w: Tensor, dtypes: Collection[torch.dtype]) -> bool:
