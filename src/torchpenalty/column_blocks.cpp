@@ -100,10 +100,8 @@ extern "C" void kernel(SCALAR* w, SCALAR* g, const double* shared, const double*
                        double* value, double* norms, int64_t keep, int64_t rows, int64_t cols,
                        int64_t width, int64_t mode) {
   dispatch(mode, [&](auto m) {
-    if (shared[3] != 0) {
-      run<m(), true>(w, g, shared, params[0], value, norms, keep, rows, cols, width);
-    } else {
-      run<m(), false>(w, g, shared, params[0], value, norms, keep, rows, cols, width);
-    }
+    with_l1(shared, [&](auto l1) {
+      run<m(), l1()>(w, g, shared, params[0], value, norms, keep, rows, cols, width);
+    });
   });
 }

@@ -70,6 +70,14 @@ inline double factor(double n, double k, const double* shared) {
   }
 }
 
+// calls f with whether the penalty has an L1 term (its coefficient, shared[3], is not 0) as a
+// compile-time constant (std::true_type or std::false_type)
+template <typename F>
+inline void with_l1(const double* shared, F&& f) {
+  if (shared[3] != 0) return f(std::true_type{});
+  return f(std::false_type{});
+}
+
 // calls f with the mode as a compile-time constant (std::integral_constant)
 template <typename F>
 inline void dispatch(int64_t mode, F&& f) {

@@ -187,12 +187,9 @@ extern "C" void kernel(SCALAR* w, SCALAR* g, const int32_t* group_of, const doub
                        int64_t c_step, const double* shared, const double* params, double* value,
                        double* norms, int64_t keep, int64_t runs, int64_t groups, int64_t mode) {
   dispatch(mode, [&](auto m) {
-    if (shared[3] != 0) {
-      run<m(), true>(w, g, group_of, c, c_step, shared, params[0], value, norms, keep, runs,
+    with_l1(shared, [&](auto l1) {
+      run<m(), l1()>(w, g, group_of, c, c_step, shared, params[0], value, norms, keep, runs,
                      groups);
-    } else {
-      run<m(), false>(w, g, group_of, c, c_step, shared, params[0], value, norms, keep, runs,
-                      groups);
-    }
+    });
   });
 }

@@ -271,11 +271,9 @@ extern "C" void kernel(const int64_t* w_ptrs, const int64_t* g_ptrs, const int64
                        const int64_t* rows, const double* params, const double* shared,
                        double* out, int64_t count, int64_t mode) {
   auto call = [&](auto m) {
-    if (shared[3] != 0) {
-      run<m(), true>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count);
-    } else {
-      run<m(), false>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count);
-    }
+    with_l1(shared, [&](auto l1) {
+      run<m(), l1()>(w_ptrs, g_ptrs, kept_ptrs, rows, params, shared, out, count);
+    });
   };
   if (mode == kValueKeep) return call(std::integral_constant<int64_t, kValueKeep>{});
   if (mode == kGradKept) return call(std::integral_constant<int64_t, kGradKept>{});
