@@ -14,11 +14,6 @@
 
 namespace {
 
-// what happens to the groups' norms, as in indexed_runs.cpp
-constexpr int64_t kComputeNorms = 0;
-constexpr int64_t kWriteNorms = 1;
-constexpr int64_t kReadNorms = 2;
-
 // With an L1 term (L1, coefficient l1 = shared[3]: scale, lr or step times l1): the gradient
 // adds l1 * sign(w), decay subtracts it, prox shrinks the groups of u = soft(w, l1), and the
 // value also returns sum |w| (value[1]).

@@ -19,6 +19,19 @@ constexpr int64_t kValue = 4;    // out = sum_g ||w_g||
 
 inline double floored(double n) { return n < DBL_MIN ? DBL_MIN : n; }  // NaN stays NaN
 
+// a float64 group's sum of squares at least this large lost nothing to underflow that matters
+// (a square that underflowed is below 2**-122 of it), and one at most DBL_MAX had no square
+// overflow; any other group (tiny, huge, zero, NaN) is summed again, scaled by its largest
+// magnitude
+constexpr double kPlainSquares = 0x1p-900;
+
+// the two-pass kernels' `keep`: what happens to the groups' norms: computed only, also written
+// to `norms` (loss mode's forward), or read from `norms` instead of computed (loss mode's
+// backward: one pass less)
+constexpr int64_t kComputeNorms = 0;
+constexpr int64_t kWriteNorms = 1;
+constexpr int64_t kReadNorms = 2;
+
 // sign(x) as torch.sign: -1, 0 or 1 (0 for NaN, whose group is NaN through its norm already)
 template <typename F, typename T>
 inline F sign_of(T x) {

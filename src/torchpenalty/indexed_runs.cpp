@@ -19,15 +19,6 @@
 
 namespace {
 
-// what happens to the groups' norms: computed only, also written to `norms` (loss mode's
-// forward), or read from `norms` instead of computed (loss mode's backward: one pass less)
-constexpr int64_t kComputeNorms = 0;
-constexpr int64_t kWriteNorms = 1;
-constexpr int64_t kReadNorms = 2;
-
-// a float64 group's sum of squares at least this large lost nothing to underflow that matters,
-// and one at most DBL_MAX had no square overflow (as in short_rows.cpp)
-constexpr double kPlainSquares = 0x1p-900;
 // a weight below this magnitude (and not 0) has a square below kPlainSquares
 constexpr double kTiny = 0x1p-450;
 

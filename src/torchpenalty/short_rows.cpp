@@ -46,11 +46,6 @@ inline double scaled_norm(const double* x) {
   return scale * std::sqrt(s);
 }
 
-// a float64 row's sum of squares at least this large lost nothing to underflow that matters
-// (a square that underflowed is below 2**-122 of it), and one at most DBL_MAX had no square
-// overflow; any other row (tiny, huge, zero, NaN) is summed again scaled (`scaled_norm`)
-constexpr double kPlainSquares = 0x1p-900;
-
 // n = sqrt(s), as vectors; float64 rows whose sum of squares `s` may have lost precision to
 // underflow or overflowed: summed again scaled
 template <typename T>
