@@ -29,6 +29,7 @@ scales enter as 0-dim tensors, so schedules never recompile.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -534,42 +535,38 @@ def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]
     return ok, out
 
 
-def _native_width(w: Tensor, lay: Groups) -> int | None:
-    """The run width `short_rows` takes ``w`` grouped as ``lay`` with (0 for column blocks),
-    else None."""
-    if isinstance(lay, Indexed):
-        return short_rows.indexed_width_of(w, lay.group_of.numel())
-    if lay.cols:
-        return 0 if short_rows.takes_column_blocks(w) else None
-    return short_rows.width_of(w, lay.rows)
+def _native_kernel(w: Tensor, lay: Groups) -> Callable[[], object] | None:
+    """What builds the `short_rows` kernel that takes ``w`` grouped as ``lay``, else None."""
+    if isinstance(lay, Layout) and lay.cols:
+        return short_rows.column_kernel if short_rows.takes_column_blocks(w) else None
+    runs = lay.group_of.numel() if isinstance(lay, Indexed) else lay.rows
+    width = short_rows.width_of(w, runs)
+    if width is None:
+        return None
+    build = short_rows.indexed_kernel if isinstance(lay, Indexed) else short_rows.kernel
+    return functools.partial(build, w.dtype, width)
 
 
 def _native(runner: Kernels, mode: str, named: dict[str, Any]) -> list[int]:
-    """The tensors `short_rows` runs in ``mode``: contiguous CPU weights `_native_width` takes
-    (and gradients of the same layout), no L1 term; its kernels are built here (where that
-    fails, once, the regularizer keeps the fused kernels)."""
+    """The tensors `short_rows` runs in ``mode``: contiguous CPU weights `_native_kernel`
+    takes (and gradients of the same layout); their kernels are built here (where that fails,
+    once, the regularizer keeps the fused kernels)."""
     if mode not in short_rows.MODES or runner.native_failed:
         return []
     ws, gs = named["ws"], named.get("gs")
     chosen = []
     for i, (w, lay) in enumerate(zip(ws, named["layouts"], strict=True)):
-        width = _native_width(w, lay)
-        if width is None:
+        build = _native_kernel(w, lay)
+        if build is None:
             continue
         if gs is not None and not (
             gs[i].dtype == w.dtype and gs[i].shape == w.shape and gs[i].is_contiguous()
         ):
             continue
-        chosen.append((i, width))
+        chosen.append((i, build))
     try:
-        for i, width in chosen:
-            lay = named["layouts"][i]
-            if isinstance(lay, Indexed):
-                short_rows.indexed_kernel(ws[i].dtype, width)
-            elif lay.cols:
-                short_rows.column_kernel()
-            else:
-                short_rows.kernel(ws[i].dtype, width)
+        for _, build in chosen:
+            build()
     except Exception as exc:  # no working C++ toolchain: the compiled kernels still may work
         runner.native_failed = True
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -599,7 +596,7 @@ def _run_with_native(
         if mode in _SPLIT_MODES:
             finish(mode, tuple(sub), out)
     # loss mode's forward keeps the norms `_keeps_norms` allows: a short row's in the weights'
-    # dtype (rows of 8 weights and more), an irregular group's in float64
+    # dtype (rows of 8 weights and more), an irregular group's or a column block's in float64
     norms: list[Tensor | None] = [None] * len(named["ws"])
     value = _native_part(mode, named, native, norms)
     if mode == "value":
@@ -652,31 +649,27 @@ def _native_part(
             abs_total = abs_total + sums[1].sum()
     for i in native:
         lay = layouts[i]
-        if isinstance(lay, Layout) and lay.cols:
+        if isinstance(lay, Layout) and not lay.cols:
+            continue  # run above, all rows at once
+        groups = lay.cols if isinstance(lay, Layout) else lay.size
+        norms = named["norms"][i] if mode == "add_grad_norms" else None
+        if mode == "value_norms":  # a tensor's groups' norms, float64, where they are kept
+            norms = torch.empty(groups, dtype=torch.float64)
+            kept[i] = norms = norms if _keeps_norms(norms, ws[i]) else None
+        c, c_of_value = coefs[i], 1.0
+        if isinstance(lay, Layout):  # column blocks: one c_g, in k and in the value
             view = ws[i].view(lay.rows, -1)
             g = gs[i].view(view.shape) if gs else None
-            c = float(coefs[i])
-            norms = named["norms"][i] if mode == "add_grad_norms" else None
-            if mode == "value_norms":
-                norms = torch.empty(lay.cols, dtype=torch.float64)
-                kept[i] = norms = norms if _keeps_norms(norms, ws[i]) else None
-            part = short_rows.run_columns(mode, view, g, lay.cols, k * c, shared, norms)
-            if part is not None:
-                total = total + part[0] * c
-                abs_total = abs_total + part[1]
-        elif isinstance(lay, Indexed):
-            c = coefs[i]
+            c_of_value = float(c)
+            part = short_rows.run_columns(mode, view, g, groups, k * c_of_value, shared, norms)
+        else:  # irregular groups: c_g per group, inside the kernel
             cs = c if isinstance(c, Tensor) else torch.tensor([c], dtype=torch.float64)
             g = gs[i] if gs else None
             index = lay.group_of.contiguous()
-            norms = named["norms"][i] if mode == "add_grad_norms" else None
-            if mode == "value_norms":
-                norms = torch.empty(lay.size, dtype=torch.float64)
-                kept[i] = norms = norms if _keeps_norms(norms, ws[i]) else None
-            part = short_rows.run_indexed(mode, ws[i], g, index, lay.size, cs, k, shared, norms)
-            if part is not None:
-                total = total + part[0]
-                abs_total = abs_total + part[1]
+            part = short_rows.run_indexed(mode, ws[i], g, index, groups, cs, k, shared, norms)
+        if part is not None:
+            total = total + part[0] * c_of_value
+            abs_total = abs_total + part[1]
     if mode not in ("value", "value_norms"):
         return None
     group = named["group"]

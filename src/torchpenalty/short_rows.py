@@ -90,18 +90,10 @@ def _takes(w: Tensor, dtypes: Collection[torch.dtype]) -> bool:
 
 
 def width_of(w: Tensor, rows: int) -> int | None:
-    """The row width of ``w`` grouped in ``rows`` consecutive rows when these kernels take it:
-    1 (groups of one weight) to `WIDEST` weights of a float32 or float64 contiguous CPU tensor;
-    else None."""
+    """The width of ``w``'s ``rows`` equal rows (a group's, or an irregular group's runs) when
+    these kernels take it: 1 (groups of one weight, scattered groups) to `WIDEST` weights of a
+    float32 or float64 contiguous CPU tensor; else None."""
     width = w.numel() // rows if rows else 0
-    return width if 0 < width <= WIDEST and _takes(w, DTYPES) else None
-
-
-def indexed_width_of(w: Tensor, runs: int) -> int | None:
-    """The run width of ``w`` cut into ``runs`` runs of irregular groups when
-    `indexed_runs.cpp` takes it: 1 (scattered groups) to `WIDEST` weights of a float32 or
-    float64 contiguous CPU tensor; else None."""
-    width = w.numel() // runs if runs else 0
     return width if 0 < width <= WIDEST and _takes(w, DTYPES) else None
 
 
@@ -157,6 +149,28 @@ def column_kernel() -> Callable[..., None]:
     return _build("column_blocks.cpp", argtypes, {"SCALAR": "float"})
 
 
+def _two_pass(
+    mode: str,
+    w: Tensor,
+    g: Tensor | None,
+    norms: Tensor | None,
+    call: Callable[[Tensor, Tensor, Tensor, int], None],
+) -> Tensor | None:
+    """The two-pass kernels' protocol (`indexed_runs.cpp`, `column_blocks.cpp`): ``call(target,
+    value, norms_or_value, keep)`` runs ``mode`` over ``w``, updating ``target`` (``g`` for the
+    gradient modes, else ``w``). Returns the value, ``(sum of norms, sum |w|)``, or None after
+    an update; ``norms``: loss mode's kept norms, written by ``value_norms`` and read by
+    ``add_grad_norms``."""
+    value = torch.zeros(2, dtype=torch.float64)
+    target = w if g is None else g
+    keep = 0 if norms is None else 1 if mode == "value_norms" else 2
+    call(target, value, value if norms is None else norms, keep)  # value: a valid pointer
+    if mode in ("value", "value_norms"):
+        return value
+    increment_version(target)  # written through its pointer: autograd must see the update
+    return None
+
+
 def run_columns(
     mode: str,
     w: Tensor,
@@ -173,17 +187,14 @@ def run_columns(
     (float64; the second 0 without an L1 term); the other modes update ``w`` (``g``) in place.
     Loss mode: ``value_norms`` writes the groups' norms into ``norms`` (float64, one per
     group), and ``add_grad_norms`` reads them from it."""
-    value = torch.zeros(2, dtype=torch.float64)
     shared = shared_args() if shared is None else shared
-    target = w if g is None else g
     rows, cols = w.shape
-    keep = 0 if norms is None else 1 if mode == "value_norms" else 2
-    out = value if norms is None else norms  # a valid pointer where none is kept
-    column_kernel()(w, target, shared, k, value, out, keep, rows, cols, cols // groups, MODES[mode])
-    if mode in ("value", "value_norms"):
-        return value
-    increment_version(target)  # written through its pointer: autograd must see the update
-    return None
+
+    def call(target: Tensor, value: Tensor, out: Tensor, keep: int) -> None:
+        width = cols // groups
+        column_kernel()(w, target, shared, k, value, out, keep, rows, cols, width, MODES[mode])
+
+    return _two_pass(mode, w, g, norms, call)
 
 
 def shared_args(
@@ -218,20 +229,15 @@ def run_indexed(
 
     Loss mode: ``value_norms`` writes the groups' norms into ``norms`` (float64, one per
     group), and ``add_grad_norms`` reads them from it instead of summing the groups again."""
-    value = torch.zeros(2, dtype=torch.float64)
     shared = shared_args() if shared is None else shared
-    target = w if g is None else g
     runs = group_of.numel()
-    width = w.numel() // runs
-    keep = 0 if norms is None else 1 if mode == "value_norms" else 2
-    out = value if norms is None else norms  # a valid pointer where none is kept
-    kernel = indexed_kernel(w.dtype, width)
+    kernel = indexed_kernel(w.dtype, w.numel() // runs)
     step = int(c.numel() > 1)  # one coefficient for all groups, or one per group
-    kernel(w, target, group_of, c, step, shared, k, value, out, keep, runs, groups, MODES[mode])
-    if mode in ("value", "value_norms"):
-        return value
-    increment_version(target)  # written through its pointer: autograd must see the update
-    return None
+
+    def call(target: Tensor, value: Tensor, out: Tensor, keep: int) -> None:
+        kernel(w, target, group_of, c, step, shared, k, value, out, keep, runs, groups, MODES[mode])
+
+    return _two_pass(mode, w, g, norms, call)
 
 
 def run(
