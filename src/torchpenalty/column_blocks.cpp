@@ -74,12 +74,7 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const double* shared, d
 #pragma omp simd
       for (int64_t j = 0; j < cols; ++j) {
         SCALAR v = kSoft ? soft(x[j], t) : x[j];
-        double d = updated<MODE, L1>(fc[j], v, l1);
-        if constexpr (MODE == kGrad) {
-          y[j] += static_cast<SCALAR>(d);
-        } else {
-          x[j] = static_cast<SCALAR>(d);
-        }
+        store<MODE>(x, y, j, updated<MODE, L1>(fc[j], v, l1));
       }
     }
   }

@@ -50,6 +50,17 @@ inline F updated(F f, T x, F l1) {
   return d;
 }
 
+// where a mode's per-weight result d goes, rounded once to the weights' type T: added to the
+// gradient (g) in gradient mode, else written over the weight (w)
+template <int64_t MODE, typename T>
+inline void store(T* w, T* g, int64_t e, double d) {
+  if constexpr (MODE == kGrad) {
+    g[e] += static_cast<T>(d);
+  } else {
+    w[e] = static_cast<T>(d);
+  }
+}
+
 // the soft threshold x - clamp(x, -t, t), as torchpenalty.group_kernels._soft: exactly 0 for
 // |x| <= t
 template <typename T>

@@ -155,12 +155,7 @@ void run(SCALAR* __restrict__ w, SCALAR* __restrict__ g, const int32_t* __restri
         for (int j = 0; j < WIDTH; ++j) {
           int64_t e = r * WIDTH + j;
           SCALAR v = soft_here ? soft(w[e], t) : w[e];
-          double d = updated<MODE, L1>(fr, v, l1);
-          if constexpr (MODE == kGrad) {
-            g[e] += static_cast<SCALAR>(d);
-          } else {
-            w[e] = static_cast<SCALAR>(d);
-          }
+          store<MODE>(w, g, e, updated<MODE, L1>(fr, v, l1));
         }
       }
     }

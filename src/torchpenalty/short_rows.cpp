@@ -186,12 +186,7 @@ inline void single_weights(SCALAR* __restrict__ w, SCALAR* __restrict__ g, int64
     if constexpr (MODE == kValue) {
       s += n;
     } else {
-      double d = updated<MODE, L1>(factor<MODE>(n, k, shared), x, l1);
-      if constexpr (MODE == kGrad) {
-        g[e] += static_cast<SCALAR>(d);
-      } else {
-        w[e] = static_cast<SCALAR>(d);
-      }
+      store<MODE>(w, g, e, updated<MODE, L1>(factor<MODE>(n, k, shared), x, l1));
     }
   }
   sum += s;
