@@ -62,6 +62,7 @@ from torchpenalty import (
     group_kernels,
 )
 from torchpenalty.experiments.memory import peak_extra_bytes
+from torchpenalty.penalties.group import _callable_groups as callable_groups
 
 LAM = 1e-4
 LR = 0.1
@@ -246,11 +247,8 @@ def weight_index(penalty, ws: list) -> list | None:
         return None
     index = []
     for w in ws:
-        labels = groups(w)
-        if group_kernels.detect_layout(labels) is not None:
-            return None
-        lay = group_kernels.indexed(labels, w.device)
-        if lay is None or lay.group_of.numel() != w.numel():
+        lay = callable_groups(groups, w)  # what the regularizer finds for the fused kernels
+        if not isinstance(lay, group_kernels.Indexed) or lay.group_of.numel() != w.numel():
             return None
         index.append(lay.group_of)
     return index
