@@ -72,4 +72,10 @@ def mlp() -> nn.Module:
     )
 
 
-SETS = {"resnet18": ResNet18, "transformer": Transformer, "mlp": mlp}
+def conv256() -> nn.Module:
+    """One 256x256x3x3 conv: the weight of the eager-path criterion (a group prox within 3x of
+    one row-norm pass over the same tensor)."""
+    return nn.Sequential(nn.Conv2d(256, 256, 3, bias=False))
+
+
+SETS = {"resnet18": ResNet18, "transformer": Transformer, "mlp": mlp, "conv256": conv256}

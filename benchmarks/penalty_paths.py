@@ -27,6 +27,13 @@ the same run on the same tensors (every parameter of the model is regularized):
   and ``w.mul_(table[index] * c)`` (``g.add_(w * table[index] * c)``) for the update; on a GPU,
   the index's bytes added to the bandwidth floor.
 
+- backends (``--backends``, group and constraint families): every path of a group penalty runs
+  twice, on the eager kernels (the default below 2**20 elements a bucket, and wherever
+  compilation fails; nothing compiled) and on the compiled ones (public ``torch.compile``). Each
+  row also gives its ratio to one *row-norm pass*: ``torch.linalg.vector_norm(w.view(rows, -1),
+  dim=1)`` over the same tensors, eager, the reference of the eager path (the ``conv256`` set
+  is the single 256x256x3x3 conv weight that criterion names).
+
 Peak extra memory is what the call allocates beyond its inputs (CPU: from the profiler's memory
 events; CUDA: ``torch.cuda.max_memory_allocated``). The end-to-end rows time one training step of
 the ResNet-18 on a random batch with and without each mode.
@@ -59,9 +66,9 @@ from torchpenalty import (
     Regularizer,
     SparseGroupLasso,
     UnitNorm,
-    group_kernels,
 )
 from torchpenalty.experiments.memory import peak_extra_bytes
+from torchpenalty.kernels import layouts
 from torchpenalty.penalties.group import _callable_groups as callable_groups
 
 LAM = 1e-4
@@ -208,7 +215,11 @@ GROUPED = ("group", "constraint")
 
 
 def bench_set(
-    name: str, device: torch.device, repeats: int, families: list[str] | None = None
+    name: str,
+    device: torch.device,
+    repeats: int,
+    families: list[str] | None = None,
+    backends: tuple[str, ...] = ("eager", "compile"),
 ) -> list[dict]:
     torch.manual_seed(0)
     model = SETS[name]().to(device)
@@ -235,8 +246,17 @@ def bench_set(
                     if device.type == "cuda"
                     else cpu_indexed_floors(ws, gs, index)
                 )
-            rows += bench_penalty(name, model, pen, floors, repeats, among, indexed)
+            for backend in backends if grouped else ("auto",):
+                rows += bench_penalty(
+                    name, model, pen, floors, repeats, among, indexed, backend, row_norms(ws)
+                )
     return rows
+
+
+def row_norms(ws: list) -> Callable[[], object]:
+    """One row-norm pass over ``ws``, eager: the reference of the eager group path."""
+    views = [w.view(w.shape[0], -1) for w in ws]
+    return lambda: [torch.linalg.vector_norm(v, dim=1) for v in views]
 
 
 def weight_index(penalty, ws: list) -> list | None:
@@ -248,7 +268,7 @@ def weight_index(penalty, ws: list) -> list | None:
     index = []
     for w in ws:
         lay = callable_groups(groups, w)  # what the regularizer finds for the fused kernels
-        if not isinstance(lay, group_kernels.Indexed) or lay.group_of.numel() != w.numel():
+        if not isinstance(lay, layouts.Indexed) or lay.group_of.numel() != w.numel():
             return None
         index.append(lay.group_of)
     return index
@@ -289,11 +309,19 @@ def cpu_floors(ws: list, gs: list, norms_pass: bool) -> dict:
 
 
 def bench_penalty(
-    name, model, penalty, floors: dict, repeats: int, among: str, indexed: dict | None = None
+    name,
+    model,
+    penalty,
+    floors: dict,
+    repeats: int,
+    among: str,
+    indexed: dict | None = None,
+    backend: str = "auto",
+    row_norm_pass: Callable[[], object] | None = None,
 ) -> list[dict]:
-    """Every path of ``penalty`` against ``floors`` (and against ``indexed``, the floors of
-    groups given by a group index per weight, where given)."""
-    reg = Regularizer(model, penalty, among=among)
+    """Every path of ``penalty`` on ``backend`` against ``floors`` (and against ``indexed``, the
+    floors of groups given by a group index per weight, and ``row_norm_pass``, where given)."""
+    reg = Regularizer(model, penalty, among=among, backend=backend)
     params = [p for _, p in reg.named_parameters()]
     device = params[0].device
     is_l2 = isinstance(penalty, L2)
@@ -331,6 +359,11 @@ def bench_penalty(
         for label, (fn, floor) in paths.items()
         if indexed is not None and label != "tutorial autograd"
     }
+    to_row_norms = {
+        label: paired_ms(fn, row_norm_pass, repeats, device)[1]
+        for label, (fn, _) in paths.items()
+        if row_norm_pass is not None and label not in ("tutorial autograd", "loss mode")
+    }
     tutorial_ms = measured["tutorial autograd"][0] if "tutorial autograd" in measured else None
     rows = []
     for label, (fn, floor) in paths.items():
@@ -338,6 +371,8 @@ def bench_penalty(
         faster = tutorial_ms / ms if floor == "grad" and tutorial_ms else None
         rows.append(row(name, penalty, label, ms, ratio, faster, peak_extra_mb(fn, device)))
         rows[-1]["ratio_to_indexed_floor"] = to_indexed.get(label)
+        rows[-1]["ratio_to_row_norm_pass"] = to_row_norms.get(label)
+        rows[-1]["backend"] = backend
         if label == "tutorial autograd" and is_l2:
             extra = torch_optim_extra_ms(params, repeats, device)
             ratio = extra / (measured["gradient mode"][0] / measured["gradient mode"][1])
@@ -352,6 +387,9 @@ def bench_penalty(
                     None,
                 )
             )
+    if row_norm_pass is not None:
+        ms = median_ms(row_norm_pass, repeats, device)
+        rows.append(row(name, penalty, "row-norm pass (eager)", ms, None, None, None))
     for prefix, against in (("floor", floors), ("indexed floor", indexed or {})):
         for floor, f in against.items():
             ms = median_ms(f, repeats, device) if callable(f) else f
@@ -452,18 +490,20 @@ def end_to_end(device: torch.device, repeats: int, batch: int, size: int) -> lis
 
 def print_table(rows: list[dict], e2e: list[dict]) -> None:
     header = (
-        f"{'set':12s} {'penalty':58s} {'path':26s} {'ms':>9s} {'x floor':>8s} "
-        f"{'x faster':>9s} {'peak MB':>8s} {'x indexed':>9s}"
+        f"{'set':12s} {'penalty':58s} {'backend':8s} {'path':26s} {'ms':>9s} {'x floor':>8s} "
+        f"{'x faster':>9s} {'peak MB':>8s} {'x indexed':>9s} {'x rownorm':>9s}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
         print(
-            f"{r['set']:12s} {r['penalty']:58s} {r['path']:26s} {r['ms']:9.3f} "
-            f"{fmt(r['ratio_to_floor'], '8.2f'):>8s} {fmt(r['speedup_over_tutorial'], '9.1f'):>9s} "
+            f"{r['set']:12s} {r['penalty']:58s} {r.get('backend', ''):8s} {r['path']:26s} "
+            f"{r['ms']:9.3f} {fmt(r['ratio_to_floor'], '8.2f'):>8s} "
+            f"{fmt(r['speedup_over_tutorial'], '9.1f'):>9s} "
             f"{fmt(r['peak_extra_mb'], '8.1f'):>8s} "
-            f"{fmt(r.get('ratio_to_indexed_floor'), '9.2f'):>9s}"
+            f"{fmt(r.get('ratio_to_indexed_floor'), '9.2f'):>9s} "
+            f"{fmt(r.get('ratio_to_row_norm_pass'), '9.2f'):>9s}"
         )
     if e2e:
         print("\nend to end: one SGD step of ResNet-18 with L1(1e-4)")
@@ -493,6 +533,11 @@ def main(argv: list[str] | None = None) -> None:
         help=f"penalty families, comma-separated: {', '.join(FAMILIES)}",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--backends",
+        default="eager,compile",
+        help="kernel backends of the group and constraint families, comma-separated",
+    )
     parser.add_argument("--e2e-batch", type=int, default=16)
     parser.add_argument("--e2e-size", type=int, default=224, help="image side of the e2e batch")
     parser.add_argument("--e2e-repeats", type=int, default=9)
@@ -507,8 +552,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"unknown penalty families {unknown}; choose from {', '.join(FAMILIES)}")
+    backends = tuple(args.backends.split(","))
     rows = [
-        r for name in args.sets.split(",") for r in bench_set(name, device, args.repeats, families)
+        r
+        for name in args.sets.split(",")
+        for r in bench_set(name, device, args.repeats, families, backends)
     ]
     e2e = (
         end_to_end(device, args.e2e_repeats, args.e2e_batch, args.e2e_size)

@@ -41,9 +41,9 @@ from torch.nn import functional as F
 
 import torchpenalty
 from torchpenalty import GroupLasso, Regularizer, TargetSparsity, compact
-from torchpenalty.compaction import layer_widths
 from torchpenalty.experiments import data as datasets
 from torchpenalty.experiments.models import LeNet
+from torchpenalty.sparsity.compaction import layer_widths
 
 LR, MOMENTUM, BATCH = 0.05, 0.9, 64
 LAM = 1e-4

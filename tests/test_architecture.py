@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,8 +88,8 @@ def test_no_import_cycles():
 
 
 def test_every_data_file_is_package_data():
-    """A file the package reads (the C++ kernels' sources and header) that no package-data
-    pattern names works in an editable install and is missing from a wheel."""
+    """A file the package reads (``py.typed``) that no package-data pattern names works in an
+    editable install and is missing from a wheel."""
     pyproject = ROOT.parent.parent / "pyproject.toml"
     if not pyproject.is_file():
         pytest.skip("not a source checkout")
@@ -112,3 +115,88 @@ def test_developers_layout_names_every_module():
     ]
     missing = [str(p.relative_to(ROOT)) for p in modules if p.name not in text]
     assert not missing, f"not in DEVELOPERS.md's layout: {missing}"
+
+
+def test_at_most_ten_top_level_modules():
+    """The layout a newcomer reads in one guess: ten top-level modules or packages at most
+    (``__init__`` and ``__main__`` are the package itself)."""
+    top = sorted(
+        p.stem if p.is_file() else p.name
+        for p in ROOT.iterdir()
+        if (p.suffix == ".py" and p.stem not in ("__init__", "__main__"))
+        or (p.is_dir() and (p / "__init__.py").is_file())
+    )
+    assert len(top) <= 10, top
+
+
+def test_no_compiled_sources_ship():
+    """Nothing is compiled on a user's machine at first use: the package holds no C++."""
+    sources = [p for p in ROOT.rglob("*") if p.suffix in (".cpp", ".cc", ".c", ".h", ".cu")]
+    assert not sources, sources
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **env},
+    )
+
+
+def test_import_loads_neither_dynamo_nor_inductor():
+    """``import torchpenalty`` (and the command line's modules) stays light: the compiler
+    loads on first use of a compiled kernel only."""
+    code = (
+        "import sys, torchpenalty, torchpenalty.cli, torchpenalty.integrations.callbacks\n"
+        "loaded = [m for m in sys.modules if m.startswith(('torch._dynamo', 'torch._inductor'))]\n"
+        "assert not loaded, loaded\n"
+    )
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_an_unwritable_compile_cache_breaks_neither_import_nor_eager_use(tmp_path):
+    """A compile cache directory that cannot be created (under a file): import and the eager
+    kernels work; a compiled kernel falls back to eager with one warning, the same figures."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = (
+        "import warnings, torch, torchpenalty as tp\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))\n"
+        "eager = tp.Regularizer(m, 'l1(0.1) + l2(0.1)', backend='eager')\n"
+        "eager.prox_(0.01); want = eager.value()\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    compiled = tp.Regularizer(m, 'l1(0.1) + l2(0.1)', backend='compile')\n"
+        "    got = compiled.value(); compiled.value()\n"
+        "    other = tp.Regularizer(m, tp.GroupLasso(0.1), backend='compile'); other.value()\n"
+        "assert torch.allclose(got, want), (got, want)\n"
+        "said = [w for w in seen if 'compiled kernels are unavailable' in str(w.message)]\n"
+        "assert len(said) == 1, [str(w.message) for w in seen]\n"
+    )
+    cache = str(blocker / "cache")
+    proc = _run(code, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=cache)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("old, new", sorted(torchpenalty.MOVED.items()))
+def test_old_module_paths_forward_to_the_new_places(old, new):
+    """Modules of earlier releases import from their old paths: the same objects, and a
+    DeprecationWarning naming the new place where the old one was not public API."""
+    code = (
+        "import importlib, warnings\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    old = importlib.import_module('torchpenalty.{old}')\n"
+        f"new = importlib.import_module('torchpenalty.{new}')\n"
+        "names = [n for n in vars(new) if not n.startswith('_')]\n"
+        "assert names and all(getattr(old, n) is getattr(new, n) for n in names)\n"
+        "moved = [w for w in seen if issubclass(w.category, DeprecationWarning)\n"
+        f"         and 'torchpenalty.{new}' in str(w.message)]\n"
+        f"public = {old!r} in {torchpenalty.PUBLIC_ALIASES!r}\n"
+        "assert len(moved) == (0 if public else 1), [str(w.message) for w in seen]\n"
+    )
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr

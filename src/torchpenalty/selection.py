@@ -1,4 +1,4 @@
-"""Which parameters a penalty applies to.
+"""Which parameters a penalty applies to, and `param_groups` for torch.optim's own decay.
 
 The default ("the weights", as practitioners mean it) selects a parameter when
 
@@ -24,9 +24,11 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, Union, cast
+from typing import Any, Literal, Union, cast
 
 from torch import Tensor, nn
+
+from ._checks import check_strength
 
 Predicate = Callable[[str, nn.Parameter, nn.Module], bool]
 Rule = Union[str, type[nn.Module], nn.Module, Tensor, Predicate, Sequence["Rule"]]  # noqa: UP007
@@ -268,3 +270,38 @@ def select(
     """
     selected, frozen = select_entries(model, include, exclude, among=among)
     return Selection(((e.name, e.param) for e in selected), frozen)
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    include: Rule | None = None,
+    exclude: Rule | None = None,
+    among: Among = "weights",
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups that decay the selected parameters only.
+
+    Frozen parameters are left out, as timm does; the second group is omitted when empty. Pass
+    the result to any optimizer: ``torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)``.
+
+    Args:
+        model: the model.
+        weight_decay: the selected parameters' ``weight_decay`` (a number >= 0).
+        include: rules selecting parameters, as in `torchpenalty.select`.
+        exclude: rules removing parameters.
+        among: ``"weights"`` (default), ``"all"`` or a predicate (see `select`).
+
+    Returns:
+        ``[{"params": selected, "weight_decay": wd}, {"params": others, "weight_decay": 0.0}]``.
+    """
+    weight_decay = check_strength(weight_decay, "weight_decay")
+    selected, _ = select_entries(model, include, exclude, among=among)
+    chosen = {id(e.param) for e in selected}
+    others = [
+        e.param for e in entries(model) if e.param.requires_grad and id(e.param) not in chosen
+    ]
+    groups = [{"params": [e.param for e in selected], "weight_decay": weight_decay}]
+    if others:
+        groups.append({"params": others, "weight_decay": 0.0})
+    return groups

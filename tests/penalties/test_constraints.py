@@ -8,16 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchpenalty import (
-    L1,
-    GroupLasso,
-    MaxNorm,
-    MinMaxNorm,
-    NonNeg,
-    Regularizer,
-    UnitNorm,
-    parse,
-)
+from torchpenalty import L1, GroupLasso, MaxNorm, MinMaxNorm, NonNeg, Regularizer, UnitNorm, parse
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 

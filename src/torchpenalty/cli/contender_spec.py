@@ -14,7 +14,7 @@ import math
 import re
 
 from torchpenalty import Penalty, Zero, parse
-from torchpenalty.attach import ALL_MODES
+from torchpenalty.regularizer.attach import ALL_MODES
 
 #: regularizers that are no penalty: name -> (keyword, what the value means)
 EXTRAS = {"dropout": "p", "label_smoothing": "eps"}

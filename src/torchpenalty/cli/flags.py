@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from torchpenalty.attach import ALL_MODES
 from torchpenalty.experiments.models import ACTIVATIONS, MODELS
-from torchpenalty.target import KINDS
+from torchpenalty.regularizer.attach import ALL_MODES
+from torchpenalty.sparsity.target import KINDS
 
 from .argtypes import (
     device_name,

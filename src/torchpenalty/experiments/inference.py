@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchpenalty import compact
-from torchpenalty.compaction import count_parameters, layer_widths
+from torchpenalty.sparsity.compaction import count_parameters, layer_widths
 
 
 @torch.no_grad()

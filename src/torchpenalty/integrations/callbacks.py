@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attach import ALL_MODES, AttachHandle
-from ..penalty_total import PenaltyTotal
 from ..regularizer import PenaltyArg, Regularizer
-from ..schedules import ScheduleLike
+from ..regularizer.attach import ALL_MODES, AttachHandle
+from ..regularizer.loss import PenaltyTotal
+from ..regularizer.schedules import ScheduleLike
 from ..selection import Among, Rule
 
 #: the keys the callbacks log: the total penalty (loss units) and, in proximal mode, the

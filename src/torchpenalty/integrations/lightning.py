@@ -19,9 +19,9 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from ..attach import AttachHandle
 from ..regularizer import PenaltyArg, Regularizer
-from ..schedules import ScheduleLike
+from ..regularizer.attach import AttachHandle
+from ..regularizer.schedules import ScheduleLike
 from ..selection import Among, Rule
 from .callbacks import (
     CallbackSpec,

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from torch.utils.tensorboard import SummaryWriter
 
-from ..regularizer import Regularizer
-from ..reporting import Report
+from ..regularizer import Regularizer, Report
 
 
 def add_report(

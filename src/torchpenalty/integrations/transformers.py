@@ -17,9 +17,9 @@ import transformers
 from torch import nn
 from transformers.trainer_callback import CallbackHandler, TrainerCallback
 
-from ..attach import AttachHandle
 from ..regularizer import PenaltyArg, Regularizer
-from ..schedules import ScheduleLike
+from ..regularizer.attach import AttachHandle
+from ..regularizer.schedules import ScheduleLike
 from ..selection import Among, Rule
 from .callbacks import CallbackSpec, attach_all, base_optimizer, figures
 

@@ -1,6 +1,7 @@
 """Penalties: value, gradient and proximal operator of each regularizer, and their spec strings."""
 
-from .base import PENALTIES, GroupStats, Penalty, Sum, combine, known_names, lookup, register
+from .algebra import Sum, combine
+from .base import PENALTIES, GroupStats, Penalty, known_names, lookup, register
 from .batch import Batch
 from .constraints import Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
 from .elementwise import L1, L2, ElasticNet, Elementwise, Zero, soft_threshold

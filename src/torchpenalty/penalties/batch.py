@@ -8,7 +8,7 @@ import dataclasses
 
 from torch import Tensor
 
-from ..dtensor import ShardSpec
+from ..distributed import ShardSpec
 from ..kernels import Kernels
 
 

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import group_kernels
 from .._checks import ArrayLike, check_strength, xp
-from ..kernels import Tensors, lists, scalar
+from ..kernels import Tensors
+from ..kernels import group as group_kernels
 from .base import Penalty, Scalar, check_input, check_prox_args, register
 from .batch import Batch
 from .elementwise import ZeroGradient
@@ -136,12 +136,11 @@ class NormConstraint(Constraint):
 
     def project_(self, ws: Tensors, batch: Batch | None = None) -> None:
         if batch is not None and not batch.shards and group_kernels.supported(ws):
-            layouts = layouts_of(self.groups, ws, batch)
-            if layouts is not None:
-                like = ws[0]
-                lo, hi, rate = (scalar(b, like) for b in self.bounds())
+            grouped = layouts_of(self.groups, ws, batch)
+            if grouped is not None:
+                lo, hi, rate = self.bounds()
                 ok, _ = group_kernels.run(
-                    batch.kernels, "project", ws, *lists(ws), layouts, lo, hi, rate
+                    batch.kernels, "project", ws, list(ws), grouped, lo, hi, rate
                 )
                 if ok:
                     return

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import group_kernels
 from .._checks import ArrayLike, check_strength
-from ..dtensor import ShardSpec, all_reduce_max, all_reduce_sum, is_dtensor, local
-from ..kernels import Tensors, lists, scalar
+from ..distributed import ShardSpec, all_reduce_max, all_reduce_sum, is_dtensor, local
+from ..kernels import Tensors, layouts
+from ..kernels import group as group_kernels
 from . import norms
 from .base import (
     GroupKey,
@@ -53,7 +53,7 @@ from .base import (
 from .batch import Batch
 from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
 
-GROUPINGS = group_kernels.GROUPINGS
+GROUPINGS = layouts.GROUPINGS
 SCALES = ("none", "sqrt_size")
 GroupSpec = str | Callable[[Tensor], Tensor]
 
@@ -104,7 +104,7 @@ class Grouping:
             raise ValueError(
                 f"groups='cols' needs a tensor with ndim >= 2, got shape {tuple(w.shape)}"
             )
-        dims = group_kernels.group_dims(groups, w.ndim)
+        dims = layouts.group_dims(groups, w.ndim)
         size = math.prod([w.shape[d] for d in dims])
         self.count = math.prod(w.shape) // size if size else 0
         if shard is not None and shard.dim in dims:
@@ -231,19 +231,23 @@ def check_groups_apply(penalty: Penalty, groups: GroupSpec, name: str, w: Tensor
         raise ValueError(f"{penalty!r} cannot apply to {name!r}: {exc}") from None
 
 
-def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[group_kernels.Groups] | None:
-    """Each whole tensor's grouping for the fused kernels: its `group_kernels.Layout`, or a
-    callable's `group_kernels.Indexed` groups where its indices have no layout; None when the
-    eager path must run (``cols`` of a 1-D tensor, which it refuses; a callable's indices of
-    the wrong shape or negative, which it reports). A callable is called once per shape and
-    device, outside compiled code, and what it gave is kept by the regularizer's kernels (the
-    indices of irregular groups as int32: the size of the weights in float32)."""
+def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[layouts.Groups] | None:
+    """Each whole tensor's grouping for the group kernels, eager or compiled: its
+    `kernels.layouts.Layout`, or a callable's `kernels.layouts.Indexed` groups where its indices
+    have no layout; None where the per-tensor path runs (``cols`` of a 1-D tensor, which it
+    refuses; a tensor of 2**31 elements or more under callable groups).
+
+    The contract of callable groups: a callable is called once per parameter shape and device
+    (when the regularizer is built, or when it first meets that shape), outside compiled code,
+    and the groups it returned are kept by the regularizer's kernels for its lifetime, in every
+    mode and on every backend. Groups are structure, not data: a callable whose indices depend
+    on the weights' values sees them at that first call."""
     if isinstance(groups, str):
         if groups == "cols" and any(w.ndim < 2 for w in ws):
             return None
-        return [group_kernels.layout(w, groups) for w in ws]
+        return [layouts.layout(w, groups) for w in ws]
     found = batch.kernels.group_layouts
-    layouts = []
+    out = []
     for w in ws:
         key = (groups, tuple(w.shape), w.device)
         if key not in found:
@@ -252,31 +256,40 @@ def layouts_of(groups: GroupSpec, ws: Tensors, batch: Batch) -> list[group_kerne
             found[key] = _callable_groups(groups, w)
         if found[key] is None:
             return None
-        layouts.append(found[key])
-    return layouts
+        out.append(found[key])
+    return out
 
 
 def prepare_groups(groups: GroupSpec, ws: Tensors, batch: Batch) -> None:
-    """Read a callable's groups for the fused kernels now (`layouts_of`), so that a training
-    step the user compiles finds them kept and never breaks its graph to read them. Not for
-    the eager backend (which never uses them), shards or meta tensors (nothing to read)."""
-    if not callable(groups) or batch.kernels.backend == "eager" or batch.shards:
+    """Read a callable's groups now (`layouts_of`), when the regularizer is built: every mode
+    and backend then uses the same groups, and a training step the user compiles finds them
+    kept and never breaks its graph to read them. Not for shards or meta tensors (nothing to
+    read)."""
+    if not callable(groups) or batch.shards:
         return
     if group_kernels.supported(ws) and not any(w.is_meta for w in ws):
         layouts_of(groups, ws, batch)
 
 
-def _callable_groups(groups: Callable[[Tensor], Tensor], w: Tensor) -> group_kernels.Groups | None:
+def _callable_groups(groups: Callable[[Tensor], Tensor], w: Tensor) -> layouts.Groups | None:
+    """The groups a callable gives ``w`` (indices validated as the per-tensor path does)."""
     with torch.no_grad():
         index = groups(w.detach())
     if not isinstance(index, Tensor) or tuple(index.shape) != tuple(w.shape):
-        return None
-    found = group_kernels.detect_layout(index)
+        raise ValueError(
+            f"a groups callable must return a tensor of indices of the tensor's shape "
+            f"{tuple(w.shape)}, got {type(index).__name__} "
+            f"{tuple(getattr(index, 'shape', ()))}"
+        )
+    if index.dtype.is_complex:
+        raise ValueError(f"a groups callable must return whole group indices, got {index.dtype}")
+    _check_indices(index)
+    if index.dtype.is_floating_point or index.dtype == torch.bool:
+        index = index.long()
+    found = layouts.detect_layout(index)
     if found is not None:
         return found
-    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-        return None  # the eager path converts or refuses them, as it always has
-    return group_kernels.indexed(index, w.device)
+    return layouts.indexed(index, w.device)
 
 
 class _GroupBase(Penalty):
@@ -337,29 +350,29 @@ class _GroupBase(Penalty):
 
     # -- fast path: fused "group norms, then scale" kernels, else per tensor -------------------
     def _fused(self, mode: str, ws: Tensors, batch: Batch | None, *extra: Any) -> tuple[bool, Any]:
-        """Run the fused kernel of ``mode`` on whole tensors with named groups (`group_kernels`);
-        ``(False, None)`` for shards, callable groups, or where the backend stays eager."""
+        """Run the group kernel of ``mode`` (`kernels.group`: compiled or eager, on each tensor's
+        layout); ``(False, None)`` where the per-tensor path runs (shards, empty tensors, no
+        batch: a penalty called on its own)."""
         if batch is None or batch.shards or not group_kernels.supported(ws):
             return False, None
-        layouts = layouts_of(self.groups, ws, batch)
-        if layouts is None:
+        grouped = layouts_of(self.groups, ws, batch)
+        if grouped is None:
             return False, None
-        like = ws[0]
-        strengths = (scalar(self._group, like), scalar(self._l1, like), bool(self._l1))
-        coefs = group_kernels.coefs(ws, layouts, self.scale)
+        strengths = (self._group, self._l1, bool(self._l1))
+        coefs = layouts.coefs(ws, grouped, self.scale)
+        ws = list(ws)
         if mode == "add_grad":
             gs, scale = extra
-            args: tuple = (*lists(gs, ws), layouts, coefs, *strengths, scalar(scale, like))
+            args: tuple = (list(gs), ws, grouped, coefs, *strengths, scale)
         elif mode == "add_grad_norms":
             gs, norms, scale = extra
-            args = (*lists(gs, ws), norms, layouts, coefs, *strengths, scalar(scale, like))
+            args = (list(gs), ws, norms, grouped, coefs, *strengths, scale)
         elif mode == "prox":
             (step,) = extra
-            t_group, t_l1 = scalar(step * self._group, like), scalar(step * self._l1, like)
-            args = (*lists(ws), layouts, coefs, t_group, t_l1, bool(self._l1))
+            t_group, t_l1 = step * self._group, step * self._l1
+            args = (ws, grouped, coefs, t_group, t_l1, bool(self._l1))
         else:  # value; grads and decay take their scale / lr last
-            args = (*lists(ws), layouts, coefs, *strengths)
-            args += tuple(scalar(x, like) for x in extra)
+            args = (ws, grouped, coefs, *strengths, *extra)
         return group_kernels.run(batch.kernels, mode, ws, *args)
 
     def total_value_with_state(self, ws: Tensors, batch: Batch | None = None) -> tuple[Tensor, Any]:

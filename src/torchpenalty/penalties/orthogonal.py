@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._checks import ArrayLike, check_strength
-from ..dtensor import is_dtensor
+from ..distributed import is_dtensor
 from .base import Penalty, Scalar, check_input, register
 from .elementwise import DEFAULT_STRENGTH
 
