@@ -30,6 +30,11 @@ def last_dim_index(w):
     return torch.arange(w.shape[-1]).expand(w.shape)
 
 
+def each_weight(w):
+    """Groups of one weight (a Linear's kernel windows): the group term is an L1 term."""
+    return torch.arange(w.numel()).view(w.shape)
+
+
 def scattered(w):
     """Groups in no pattern: each weight's group from a fixed permutation (`Indexed`)."""
     g = torch.Generator().manual_seed(w.numel())
@@ -46,6 +51,8 @@ PENALTIES = [
     SparseGroupLasso(0.05, 0.3, last_dim_index),
     GroupLasso(0.3, scattered, "sqrt_size"),
     SparseGroupLasso(0.05, 0.3, scattered),
+    GroupLasso(0.3, each_weight),
+    SparseGroupLasso(0.05, 0.3, each_weight, "sqrt_size"),
     MaxNorm(0.5, "cols"),
     UnitNorm("rows"),
     MinMaxNorm(0.2, 0.6, 0.5, last_dim_runs),
@@ -76,7 +83,7 @@ def weights(m):
 
 
 CASES = [(p, torch.float32) for p in PENALTIES] + [
-    (PENALTIES[i], dtype) for i in (0, 3, 7, 10) for dtype in (torch.float64, torch.bfloat16)
+    (PENALTIES[i], dtype) for i in (0, 3, 7, 10, 12) for dtype in (torch.float64, torch.bfloat16)
 ]
 
 

@@ -418,6 +418,15 @@ def _compiled_args(mode: str, args: tuple) -> tuple:
     )
 
 
+def _eager_is_faster(runner: Kernels, mode: str, ws: Tensors, args: tuple) -> bool:
+    """``backend="auto"`` on CPU keeps irregular (`Indexed`) groups eager: the compiled kernels
+    scatter and gather one float64 entry per weight, 1.5-3x slower than the eager index_add
+    (``benchmarks/penalty_paths.py``, scattered groups on ResNet-18)."""
+    if runner.backend != "auto" or ws[0].device.type != "cpu":
+        return False
+    return any(isinstance(lay, Indexed) for lay in args[_ARGS[mode].index("layouts")])
+
+
 def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]:
     """Run one group kernel: compiled through ``runner`` (backend, signatures, compile failure)
     where it applies, else the eager kernel of the same arguments. ``(True, result)``; the
@@ -426,6 +435,8 @@ def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]
     if torch.compiler.is_compiling():  # inside the user's compiled region: it fuses the kernel
         args = _compiled_args(mode, args)
         out = kernel(*args)
+    elif _eager_is_faster(runner, mode, ws, args):
+        return True, group_eager.KERNELS[mode](*args)
     elif runner.use_compiled(kernel, ws):
         args = _compiled_args(mode, args)
         ok, out = runner.run_compiled(kernel, *args)

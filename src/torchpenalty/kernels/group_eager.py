@@ -99,10 +99,20 @@ def _renormed(
     return torch.where(suspect, norms_of(scaled(suspect, s)).double() / s, n)
 
 
+#: rows of at most this many weights are normed as a matrix product of their squares with ones
+#: (BLAS, vectorized across rows): 25-30% faster than a reduction over rows this short
+SHORT_ROWS = 32
+
+
 def _row_norms(v: Tensor, resolve: float) -> Tensor:
-    if v.shape[1] == 1:  # groups of one weight: sqrt(w**2) is |w| exactly
+    width = v.shape[1]
+    if width == 1:  # groups of one weight: sqrt(w**2) is |w| exactly
         return v.abs()
-    n = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    if width <= SHORT_ROWS:
+        ones = torch.ones(width, 1, dtype=v.dtype, device=v.device)
+        n = torch.mm(v * v, ones).sqrt_()
+    else:
+        n = torch.linalg.vector_norm(v, dim=1, keepdim=True)
     lo_unit, up = _scales(v.dtype)
     lo = lo_unit * math.sqrt(v.shape[1])
     if _resolved(resolve, lo):
@@ -154,11 +164,20 @@ def _column_norms(v: Tensor, lay: Layout, resolve: float) -> Tensor:
     return _renormed(n, amax, lo_needed, up, norms_of, scaled)
 
 
-def indexed_norms(v: Tensor, lay: Indexed) -> Tensor:
+def indexed_norms(v: Tensor, lay: Indexed, resolve: float = 0.0) -> Tensor:
     """``(size,)`` norms of irregular groups: each run's squares summed, added up per group.
-    float32 squares are summed in float64, where none underflows or overflows; float64 runs are
-    scaled by their group's largest magnitude first."""
+    On CPU, float32 squares are summed in float32 where every group's norm is then trusted (or
+    below a prox's ``resolve``); otherwise float32 squares are summed in float64, where none
+    underflows or overflows, and float64 runs are scaled by their group's largest magnitude
+    first."""
     index = lay.group_of
+    if v.dtype == torch.float32 and v.device.type == "cpu":
+        squares = v * v if v.shape[1] == 1 else (v * v).sum(dim=1, keepdim=True)
+        n = v.new_zeros(lay.size).index_add_(0, index, squares.view(-1)).sqrt_()
+        lo_unit, _ = _scales(v.dtype)
+        lo = lo_unit * float(lay.sqrt_sizes.max())
+        if _resolved(resolve, lo) or not _doubtful(n, lo):
+            return n
     if v.dtype != torch.float64:
         wide = v.double()
         sums = torch.linalg.vector_norm(wide, dim=1) ** 2
@@ -176,7 +195,7 @@ def group_norms(v: Tensor, lay: Groups, resolve: float = 0.0) -> Tensor:
     its normal range, or 0 for a group of exact zeros), else float64. A prox passes its
     threshold as ``resolve``: norms below it need not be exact (`_resolved`)."""
     if isinstance(lay, Indexed):
-        return indexed_norms(v, lay)
+        return indexed_norms(v, lay, resolve)
     return _column_norms(v, lay, resolve) if lay.cols else _row_norms(v, resolve)
 
 
@@ -246,6 +265,18 @@ def _times(v: Tensor, coef: Tensor, lay: Groups) -> Tensor:
     return (v.double() * f).to(v.dtype)
 
 
+def _one_weight(lay: Groups, v: Tensor) -> bool:
+    """Groups of one weight (a Linear's or a 1x1 conv's kernel windows): ``||w_g|| = |w|``,
+    so the group term is ``group * c * |w|`` (``c = 1``), an L1 term, run as one."""
+    return isinstance(lay, Layout) and not lay.cols and v.shape[1] == 1
+
+
+def _one_weight_strength(group: Number, l1: Number, has_l1: bool, c: float | Tensor) -> Number:
+    """The L1 strength of groups of one weight: ``group * c (+ l1)``."""
+    k = group * c if isinstance(c, float) else group
+    return k + l1 if has_l1 else k
+
+
 def keeps_norms(n: Tensor, w: Tensor) -> bool:
     """As in the compiled kernels: norms kept for loss mode's backward when they take at most
     an eighth of the tensor's bytes."""
@@ -260,9 +291,15 @@ def _value_norms(
     l1: Number,
     has_l1: bool,
 ) -> tuple[Tensor, list[Tensor | None]]:
-    parts, kept = [], []
+    parts: list[Tensor] = []
+    kept: list[Tensor | None] = []
     for w, lay, c in zip(ws, layouts, coefs, strict=True):
         v = compute_view(w, lay)
+        if _one_weight(lay, v):
+            k = _one_weight_strength(group, l1, has_l1, c)
+            parts.append(torch.linalg.vector_norm(v, 1).double() * _as(k, torch.float64))
+            kept.append(None)
+            continue
         n = group_norms(v, lay)
         kept.append(n if keeps_norms(n, w) else None)
         part = (n * _per_group(c, n)).sum(dtype=torch.float64) * _as(group, torch.float64)
@@ -326,6 +363,10 @@ def _add_grad_norms(
     """``g += scale * grad R(w)``; with the norms loss mode's forward kept, no norm pass."""
     for g, w, n, lay, c in zip(gs, ws, norms, layouts, coefs, strict=True):
         v = compute_view(w, lay)
+        if _one_weight(lay, v) and g.dtype == v.dtype and g.is_contiguous():
+            k = _one_weight_strength(group, l1, has_l1, c) * scale
+            g.view(v.shape).add_(torch.sign(v).mul_(_as(k, v.dtype)))
+            continue
         n = group_norms(v, lay) if n is None else n
         coef = _expand(_gradient_coef(n, group * scale, c), v, lay)
         if g.dtype == v.dtype and g.is_contiguous() and _is_safe(coef, v):
@@ -367,6 +408,11 @@ def _decay(
     ``- lr * l1 * sign(w)`` with the sign taken before the shrink."""
     for w, lay, c in zip(ws, layouts, coefs, strict=True):
         v = compute_view(w, lay)
+        if _one_weight(lay, v):  # w -= lr * k * sign(w)
+            k = _one_weight_strength(group, l1, has_l1, c) * lr
+            v.sub_(torch.sign(v).mul_(_as(k, v.dtype)))
+            _write_back(w, v)
+            continue
         n = group_norms(v, lay)
         signs = torch.sign(v) if has_l1 else None
         _scale_(v, 1 - _gradient_coef(n, lr * group, c), lay)
@@ -387,11 +433,18 @@ def _prox(
     group whose norm is at or below its threshold becomes exact zeros."""
     for w, lay, c in zip(ws, layouts, coefs, strict=True):
         v = compute_view(w, lay)
+        if _one_weight(lay, v):  # soft-thresholds by l1_t, then by group_t: by their sum
+            t = _as(_one_weight_strength(group_t, l1_t, has_l1, c), v.dtype)
+            v.sub_(v.clamp(-t, t))  # type: ignore[arg-type]
+            _write_back(w, v)
+            continue
         if has_l1:
             t = _as(l1_t, v.dtype)
             v.sub_(v.clamp(-t, t))  # type: ignore[arg-type]
         # only a host check reads it (on CPU, where reading a tensor threshold costs no sync)
-        resolve = float(group_t) * c if isinstance(c, float) and v.device.type == "cpu" else 0.0
+        resolve = 0.0
+        if v.device.type == "cpu":  # the smallest threshold; c_g per group for irregular ones
+            resolve = float(group_t) * (float(c.min()) if isinstance(c, Tensor) else c)
         n = group_norms(v, lay, resolve)
         t_g = _as(group_t, n.dtype) * _per_group(c, n)
         # n <= t_g: 1 - t_g / n <= 0. With t_g > 0 a zero or subnormal n (CPU division takes it
