@@ -145,7 +145,7 @@ def unequal_row_runs(w):
 IRREGULAR = [
     (GroupLasso(0.3, scattered, "sqrt_size"), torch.float32),
     (SparseGroupLasso(0.05, 0.3, scattered), torch.float32),
-    (SparseGroupLasso(0.05, 0.3, unequal_row_runs, "sqrt_size"), torch.float64),
+    (SparseGroupLasso(0.05, 0.3, unequal_row_runs, "sqrt_size"), torch.float32),
     (MaxNorm(0.5, scattered), torch.float32),
 ]
 
@@ -234,7 +234,7 @@ GROUP_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec", GROUP_SPECS)
+@pytest.mark.parametrize("spec", [GROUP_SPECS[0], GROUP_SPECS[2], GROUP_SPECS[-1]])
 def test_user_compiled_steps_have_no_graph_break(spec):
     """Inside the user's ``torch.compile(fullgraph=True)`` (which raises on a graph break), every
     mode traces through, and matches eager."""
@@ -265,7 +265,7 @@ def test_user_compiled_steps_have_no_graph_break(spec):
         torch.testing.assert_close(p, q)
 
 
-@pytest.mark.parametrize("spec", GROUP_SPECS)
+@pytest.mark.parametrize("spec", [GROUP_SPECS[0], GROUP_SPECS[-1]])
 def test_changing_strengths_and_steps_never_recompiles(spec):
     """Strengths, schedule factors, learning rates and loss scales enter the fused kernels as
     0-dim tensors: after the first call of each mode, new values reuse the compiled code."""
