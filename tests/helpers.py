@@ -35,6 +35,11 @@ def close(a, b, dtype, equal_nan=False):
     torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol, equal_nan=equal_nan)
 
 
+def last_dim_index(w):
+    """A group per position along the last dim, across all other dims (column blocks)."""
+    return torch.arange(w.shape[-1]).expand(w.shape)
+
+
 def last_dim_runs(w):
     """A group per run along the last dim (a conv's kernel window; a Linear's rows)."""
     return torch.arange(w.numel()).view(w.shape) // w.shape[-1]

@@ -20,14 +20,9 @@ from torchpenalty.kernels import group as group_kernels
 from torchpenalty.kernels import layouts
 from torchpenalty.kernels.layouts import Layout, detect_layout
 
-from ..helpers import close, last_dim_runs
+from ..helpers import close, last_dim_index, last_dim_runs
 
 pytestmark = pytest.mark.slow  # each case compiles its kernels (a few seconds)
-
-
-def last_dim_index(w):
-    """A group per position along the last dim, across all other dims (column blocks)."""
-    return torch.arange(w.shape[-1]).expand(w.shape)
 
 
 PENALTIES = [

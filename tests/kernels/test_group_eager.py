@@ -22,12 +22,7 @@ from torchpenalty import (
 )
 from torchpenalty.kernels import group_eager, layouts
 
-from ..helpers import close, last_dim_runs
-
-
-def last_dim_index(w):
-    """A group per position along the last dim, across all other dims (column blocks)."""
-    return torch.arange(w.shape[-1]).expand(w.shape)
+from ..helpers import close, last_dim_index, last_dim_runs
 
 
 def each_weight(w):
