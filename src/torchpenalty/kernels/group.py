@@ -399,8 +399,6 @@ _ARGS = {
     "prox": ("ws", "layouts", "coefs", "group", "l1", "has_l1"),
     "project": ("ws", "layouts", "lo", "hi", "rate"),
 }
-#: the arguments that hold one entry per tensor
-_PER_TENSOR = ("ws", "gs", "norms", "layouts", "coefs")
 
 
 #: the arguments that are strengths, steps or scales: numbers or 0-dim tensors for the eager
@@ -427,24 +425,22 @@ def _eager_is_faster(runner: Kernels, mode: str, ws: Tensors, args: tuple) -> bo
     return any(isinstance(lay, Indexed) for lay in args[_ARGS[mode].index("layouts")])
 
 
-def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> tuple[bool, Any]:
+def run(runner: Kernels, mode: str, ws: Tensors, *args: Any) -> Any:
     """Run one group kernel: compiled through ``runner`` (backend, signatures, compile failure)
-    where it applies, else the eager kernel of the same arguments. ``(True, result)``; the
-    tensors are updated in place for the update modes."""
+    where it applies, else the eager kernel of the same arguments. Returns the kernel's result
+    (the value, the gradients, or None for the update modes, which work in place)."""
     kernel = _KERNELS[mode]
     if torch.compiler.is_compiling():  # inside the user's compiled region: it fuses the kernel
         args = _compiled_args(mode, args)
         out = kernel(*args)
-    elif _eager_is_faster(runner, mode, ws, args):
-        return True, group_eager.KERNELS[mode](*args)
-    elif runner.use_compiled(kernel, ws):
+    elif _eager_is_faster(runner, mode, ws, args) or not runner.use_compiled(kernel, ws):
+        return group_eager.KERNELS[mode](*args)
+    else:
         args = _compiled_args(mode, args)
         ok, out = runner.run_compiled(kernel, *args)
         if not ok:
-            return True, group_eager.KERNELS[mode](*args)
-    else:
-        return True, group_eager.KERNELS[mode](*args)
+            return group_eager.KERNELS[mode](*args)
     if mode in _SPLIT_MODES:
         finish(mode, args, out)
         out = None
-    return True, out
+    return out

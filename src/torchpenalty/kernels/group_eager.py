@@ -90,10 +90,11 @@ def _renormed(
 ) -> Tensor:
     """``n`` (float64) with its doubtful groups normed again: those below ``lo`` holding a
     nonzero entry (``amax > 0``: a group of exact zeros has its exact norm, 0) and infinite
-    ones. ``scaled(mask, s)`` gives those groups' entries times their power of two ``s``."""
+    ones. ``scaled(mask, s)`` gives those groups' entries times their power of two ``s``. Off
+    CPU nothing is read back: the doubtful groups are renormed masked, whatever their number."""
     suspect = ((n < lo) & (amax > 0)) | (n == math.inf)
     n = n.double()  # a renormed group's norm may be outside float32's range
-    if not bool(suspect.any()):
+    if n.device.type == "cpu" and not bool(suspect.any()):
         return n
     s = _power_of_two(n, lo, up)
     return torch.where(suspect, norms_of(scaled(suspect, s)).double() / s, n)

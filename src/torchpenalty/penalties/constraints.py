@@ -139,11 +139,8 @@ class NormConstraint(Constraint):
             grouped = layouts_of(self.groups, ws, batch)
             if grouped is not None:
                 lo, hi, rate = self.bounds()
-                ok, _ = group_kernels.run(
-                    batch.kernels, "project", ws, list(ws), grouped, lo, hi, rate
-                )
-                if ok:
-                    return
+                group_kernels.run(batch.kernels, "project", ws, list(ws), grouped, lo, hi, rate)
+                return
         with torch.no_grad():
             for i, w in enumerate(ws):
                 w.copy_(self._project(w, batch.shard(i) if batch else None))

@@ -373,7 +373,7 @@ class _GroupBase(Penalty):
             args = (ws, grouped, coefs, t_group, t_l1, bool(self._l1))
         else:  # value; grads and decay take their scale / lr last
             args = (ws, grouped, coefs, *strengths, *extra)
-        return group_kernels.run(batch.kernels, mode, ws, *args)
+        return True, group_kernels.run(batch.kernels, mode, ws, *args)
 
     def total_value_with_state(self, ws: Tensors, batch: Batch | None = None) -> tuple[Tensor, Any]:
         ok, out = self._fused("value_norms", ws, batch)
