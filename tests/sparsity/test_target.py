@@ -274,3 +274,25 @@ def test_the_target_follows_tensors_the_model_replaced(digits, of):
     reg.attach(opt, "proximal")
     opt.step()  # the frozen pattern is put back on the new tensors
     assert reg.report().target.reached == pytest.approx(0.5, abs=0.02)
+
+
+def test_groups_target_counts_the_callable_groups_read_when_built():
+    """The target counts the groups the regularizer read when it was built (the contract of
+    callable groups), not a second reading: a callable that groups rows while the weights sum
+    positive, and columns otherwise, still counts rows after the weights change sign."""
+
+    def rows_while_positive(w):
+        rows, cols = torch.meshgrid(
+            torch.arange(w.shape[0]), torch.arange(w.shape[1]), indexing="ij"
+        )
+        return rows if bool(w.sum() > 0) else cols
+
+    model = nn.Sequential(nn.Linear(8, 6))
+    with torch.no_grad():
+        model[0].weight.abs_()
+    target = TargetSparsity(0.5, of="groups", by_step=100)
+    reg = tp.Regularizer(model, GroupLasso(1e-4, rows_while_positive), target=target)
+    with torch.no_grad():
+        model[0].weight.neg_()  # a second reading would group columns
+        model[0].weight[:3] = 0  # three of six rows: no column is zero
+    assert reg.report().target.reached == pytest.approx(3 / 6)

@@ -185,7 +185,7 @@ class Regularizer:
         self.target: TargetController | None = None
         if target is not None:
             self.target = TargetController(
-                target, unwrap(model), self._names, self._params, self._penalties
+                target, unwrap(model), self._names, self._params, self._penalties, self._kernels
             )
 
     @property

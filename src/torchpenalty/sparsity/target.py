@@ -27,8 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..kernels.layouts import Layout, detect_layout, layout
+from ..kernels import Kernels
+from ..kernels.layouts import Layout
 from ..penalties import GroupLasso, Penalty, SparseGroupLasso
+from ..penalties.batch import Batch
+from ..penalties.group import layouts_of
 from .compaction import UnitLayer, unit_layers
 from .status import TargetStatus
 
@@ -138,6 +141,7 @@ class TargetController:
         names: Sequence[str],
         params: Sequence[Tensor],
         penalties: Sequence[Penalty],
+        kernels: Kernels | None = None,
     ) -> None:
         check_target(target, penalties)
         self.target = target
@@ -147,6 +151,8 @@ class TargetController:
         self.frozen_at: int | None = None
         self.model = model
         self._names, self._params, self._penalties = list(names), list(params), list(penalties)
+        # the regularizer's kernels: a callable's groups as it read them (`layouts_of`)
+        self._batch = Batch(kernels or Kernels("eager"))
         # the frozen pattern, by the model's parameter names: a tensor the model replaces later
         # (load_state_dict(assign=True), to_empty()) is found again by name
         self._masks: list[tuple[str, Tensor]] = []
@@ -197,9 +203,9 @@ class TargetController:
             group = _group_penalty(pen)
             if group is None or param.ndim == 0:
                 continue
-            groups = group.groups
-            lay = detect_layout(groups(param)) if callable(groups) else layout(param, groups)
-            if lay is None:
+            found = layouts_of(group.groups, [param], self._batch)
+            lay = found[0] if found else None
+            if not isinstance(lay, Layout):
                 raise ValueError(
                     f"TargetSparsity(of='groups'): the callable groups of {group!r} are neither "
                     "rows nor column blocks of the tensor"
