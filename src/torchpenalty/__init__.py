@@ -29,6 +29,7 @@ from .penalties import (
     parse,
 )
 from .penalties.keras import from_keras
+from .penalties.keras_axes import KerasAxes
 from .regularizer import (
     ActivityRegularizer,
     AttachHandle,
@@ -49,6 +50,7 @@ __all__ = [
     "AttachHandle",
     "ElasticNet",
     "GroupLasso",
+    "KerasAxes",
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",

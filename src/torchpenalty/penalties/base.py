@@ -120,7 +120,14 @@ class Penalty(ABC):
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able dict from which `Penalty.from_config` rebuilds an equal penalty."""
-        return {"name": self.name, **self.params()}
+        # an argument object with a config of its own (a `KerasAxes` grouping) gives that
+        return {
+            "name": self.name,
+            **{
+                key: value.get_config() if callable(getattr(value, "get_config", None)) else value
+                for key, value in self.params().items()
+            },
+        }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Penalty:

@@ -108,6 +108,14 @@ class NormConstraint(Constraint):
     def check_tensor(self, name: str, w: Tensor) -> None:
         check_groups_apply(self, self.groups, name, w)
 
+    def get_config(self) -> dict[str, Any]:
+        if callable(self.groups) and not callable(getattr(self.groups, "get_config", None)):
+            raise TypeError(
+                f"{self.name} with a callable groups={self.groups!r} has no config; "
+                "use groups='rows', 'cols' or 'tensor' to save and restore it"
+            )
+        return super().get_config()
+
     def prepare(self, ws: Tensors, batch: Batch) -> None:
         prepare_groups(self.groups, ws, batch)
 

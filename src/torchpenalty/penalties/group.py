@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,6 +52,7 @@ from .base import (
 )
 from .batch import Batch
 from .elementwise import DEFAULT_STRENGTH, sign, soft_threshold
+from .keras_axes import KerasAxes
 
 GROUPINGS = layouts.GROUPINGS
 SCALES = ("none", "sqrt_size")
@@ -59,6 +60,8 @@ GroupSpec = str | Callable[[Tensor], Tensor]
 
 
 def check_groups(groups: object) -> GroupSpec:
+    if isinstance(groups, Mapping) and "keras_axes" in groups:
+        return KerasAxes.from_config(groups)  # a `KerasAxes` grouping's config
     if callable(groups):
         return groups
     if isinstance(groups, str) and groups.lower() in GROUPINGS:
@@ -451,7 +454,7 @@ class _GroupBase(Penalty):
             w.mul_(self.grouping(w, shard).shrink_factor(step * self._group))
 
     def get_config(self) -> dict[str, Any]:
-        if callable(self.groups):
+        if callable(self.groups) and not isinstance(self.groups, KerasAxes):
             raise TypeError(
                 f"{self.name} with a callable groups={self.groups!r} has no config; "
                 "use groups='rows', 'cols' or 'tensor' to save and restore it"
