@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -51,9 +51,9 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
     }
 
 
-def _outputs(model: nn.Module, inputs: tuple) -> list[Tensor]:
+def _outputs(model: nn.Module, inputs: tuple[tuple, dict[str, Any]]) -> list[Tensor]:
     with torch.no_grad():
-        out = model(*inputs)
+        out = model(*inputs[0], **inputs[1])
     return [t for t in (out if isinstance(out, tuple | list) else (out,)) if isinstance(t, Tensor)]
 
 
@@ -66,7 +66,9 @@ def _same(a: list[Tensor], b: list[Tensor], atol: float) -> bool:
     )
 
 
-def _consumer_inputs(model: nn.Module, consumers: Sequence[nn.Module], inputs: tuple) -> dict:
+def consumer_inputs(
+    model: nn.Module, consumers: Sequence[nn.Module], inputs: tuple[tuple, dict[str, Any]]
+) -> dict:
     """The input each consumer layer sees on the example inputs (one forward pass)."""
     seen: dict[int, Tensor] = {}
 
@@ -149,33 +151,69 @@ def _consumers(tp: Any, graph: Any, layer: Prunable) -> list[tuple]:
     return _channel_slices(full, n, {"prune_in_channels"})
 
 
-def _prune_layer(tp: Any, model: nn.Module, graph: Any, layer: Prunable, inputs: tuple) -> bool:
-    """Remove the dead and unused units of ``layer``; True if anything was removed."""
+#: normalizations that mix a unit with the others: a dead unit's output is not constant after them
+MIXING = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def _dependents(tp: Any, graph: Any, layer: Prunable) -> tuple[list[Prunable], bool]:
+    """The layers whose units are ``layer``'s (residual additions couple them: removing unit
+    ``j`` of one removes it from all), ``layer`` first; and whether a dead unit's constant output
+    can be folded into every consumer (Linear, or unpadded ungrouped Conv, with no normalization
+    across units on the way), which is when `compact` removes dead units."""
+    n = layer.weight.shape[0]
+    full = graph.get_pruning_group(layer, _out_fn(tp, layer), idxs=list(range(n)))
+    producers: list[Prunable] = [layer]
+    foldable = True
+    for dep, _ in full:
+        module = dep.target.module
+        handler = getattr(dep.handler, "__name__", "")
+        if isinstance(module, MIXING):
+            foldable = False
+        if handler == "prune_out_channels" and isinstance(module, PRUNABLE):
+            if not any(module is p for p in producers):
+                producers.append(cast(Prunable, module))
+        elif handler == "prune_in_channels" and isinstance(module, PRUNABLE):
+            padded = not isinstance(module, nn.Linear) and (
+                module.groups != 1 or not all(p == 0 for p in module.padding)
+            )
+            foldable = foldable and not padded
+    return producers, foldable
+
+
+def keep_one(removable: Tensor, importance: Tensor) -> Tensor:
+    """``removable`` without the most important unit when it holds them all: a layer keeps
+    one unit (a layer of width 0 breaks the shapes downstream), in `compact` and in the count of
+    `TargetSparsity` alike."""
+    if removable.numel() and bool(removable.all()):
+        removable = removable.clone()
+        removable[int(torch.argmax(importance))] = False
+    return removable
+
+
+def _prune_layer(
+    tp: Any, model: nn.Module, graph: Any, layer: Prunable, inputs: tuple[tuple, dict[str, Any]]
+) -> bool:
+    """Remove the units `UnitLayer.zero_units` finds in ``layer`` (and the layers coupled to
+    it), folding dead units' constant outputs into the consumers; True if anything was removed."""
     if not _ungrouped(layer):
         return False
-    n = layer.weight.shape[0]
-    consumers = _consumers(tp, graph, layer)
-    with torch.no_grad():
-        dead = (layer.weight.reshape(n, -1) == 0).all(dim=1)
-        unused = torch.ones(n, dtype=torch.bool, device=dead.device) if consumers else dead & False
-        for consumer, blocks in consumers:
-            for j, block in enumerate(blocks):
-                if unused[j] and bool(_in_weight(consumer, block).any()):
-                    unused[j] = False
-    candidates = [j for j in range(n) if bool(dead[j]) or bool(unused[j])]
-    if not candidates:
+    unit = _unit_layer(tp, graph, "", layer)
+    if unit is None:
         return False
-    if len(candidates) == n:
-        candidates = candidates[1:]  # keep one unit: layers of width 0 break shapes downstream
-    seen = _consumer_inputs(model, [c for c, _ in consumers], inputs)
+    seen = consumer_inputs(model, [c for c, _ in unit.consumers], inputs)
+    with torch.no_grad():
+        unused = unit.unused()
+        removable = unit.zero_units(unit.silent(seen))
+    candidates = [j for j in range(unit.units) if bool(removable[j])]
     with torch.no_grad():
         for j in list(candidates):
             if unused[j]:
                 continue
-            for consumer, blocks in consumers:
-                values = _constant(seen[id(consumer)][:, blocks[j]])
+            for consumer, blocks in unit.consumers:
+                block = blocks[j].tolist()
+                values = _constant(seen[id(consumer)][:, block])
                 if values is None or (
-                    bool(values.any()) and not _fold_constant(consumer, blocks[j], values)
+                    bool(values.any()) and not _fold_constant(consumer, block, values)
                 ):
                     candidates.remove(j)
                     break
@@ -191,12 +229,16 @@ def _prune_layer(tp: Any, model: nn.Module, graph: Any, layer: Prunable, inputs:
 @dataclasses.dataclass
 class UnitLayer:
     """A layer whose output units feed other layers: for unit ``j``, its incoming weights are
-    ``layer.weight[j]`` and each consumer's weights for it are ``consumer.weight[:, index[j]]``
-    (``index``: one row of input indices per unit; flatten maps a channel to several)."""
+    ``weight[j]`` of each of ``producers`` (the layer, and the layers a residual addition couples
+    to it) and each consumer's weights for it are ``consumer.weight[:, index[j]]`` (``index``:
+    one row of input indices per unit; flatten maps a channel to several). ``foldable``: a dead
+    unit's constant output folds into every consumer."""
 
     name: str
     layer: Prunable
     consumers: list[tuple[Prunable, Tensor]]
+    producers: list[Prunable] = dataclasses.field(default_factory=list)
+    foldable: bool = True
 
     @property
     def units(self) -> int:
@@ -210,46 +252,114 @@ class UnitLayer:
             out.append(w.transpose(0, 1).reshape(self.units, -1))
         return out
 
-    def zero_units(self) -> Tensor:
-        """Per unit: its incoming weights are all zero (dead) or every consumer's weights for
-        it are (unused): what `compact` removes. On the weights' device, no sync."""
-        dead = (self.layer.weight.detach().reshape(self.units, -1) == 0).all(dim=1)
-        unused = torch.ones_like(dead)
+    def _incoming(self) -> list[Tensor]:
+        return [p.weight.detach().reshape(self.units, -1) for p in self.producers or [self.layer]]
+
+    def dead(self) -> Tensor:
+        """Per unit: the incoming weights of every producer are all zero."""
+        dead = torch.ones(self.units, dtype=torch.bool, device=self.layer.weight.device)
+        for rows in self._incoming():
+            dead &= (rows == 0).all(dim=1)
+        return dead
+
+    def unused(self) -> Tensor:
+        """Per unit: every consumer's weights for it are all zero."""
+        unused = torch.ones(self.units, dtype=torch.bool, device=self.layer.weight.device)
         for rows in self._outgoing():
             unused &= (rows == 0).all(dim=1)
-        return dead | unused
+        return unused
+
+    def silent(self, seen: Mapping[int, Tensor]) -> Tensor:
+        """Per unit: every consumer's input from it is exactly 0 on the example inputs
+        (``seen``: each consumer's input, by ``id``), as a dead unit's is after a ReLU that its
+        bias or batch-norm shift keeps below 0."""
+        quiet = torch.ones(self.units, dtype=torch.bool, device=self.layer.weight.device)
+        for consumer, index in self.consumers:
+            x = seen[id(consumer)]
+            zero = (x == 0).transpose(0, 1).reshape(x.shape[1], -1).all(dim=1)  # per input
+            quiet &= zero[index.to(zero.device)].all(dim=1).to(quiet.device)
+        return quiet
+
+    def needs_inputs(self) -> bool:
+        """Whether `zero_units` depends on what the consumers see: some dead unit is still used
+        and its constant output cannot fold (one sync)."""
+        return not self.foldable and bool((self.dead() & ~self.unused()).any())
+
+    def zero_units(self, silent: Tensor | None = None) -> Tensor:
+        """Per unit: what `compact` removes: unused, or dead where its constant output folds
+        into the consumers or is exactly 0 there (``silent``: `silent` on the example inputs;
+        None: where `needs_inputs` is False); one unit of a layer stays (`keep_one`). On the
+        weights' device; a sync only when every unit is removable."""
+        zero = self.unused()
+        if self.foldable:
+            zero |= self.dead()
+        elif silent is not None:
+            zero |= self.dead() & silent
+        return keep_one(zero, self.importance())
 
     def importance(self) -> Tensor:
         """Per unit: the norm of its incoming weights plus its consumers' weights for it."""
-        total = self.layer.weight.detach().reshape(self.units, -1).double().norm(dim=1)
-        for rows in self._outgoing():
+        total = torch.zeros(self.units, dtype=torch.float64, device=self.layer.weight.device)
+        for rows in [*self._incoming(), *self._outgoing()]:
             total = total + rows.double().norm(dim=1)
         return total
 
 
-def unit_layers(model: nn.Module, example_inputs: Tensor | Sequence[Tensor]) -> list[UnitLayer]:
+def _unit_layer(tp: Any, graph: Any, name: str, layer: Prunable) -> UnitLayer | None:
+    consumers = [
+        (module, torch.tensor(blocks, dtype=torch.long))
+        for module, blocks in _consumers(tp, graph, layer)
+    ]
+    if not consumers:
+        return None
+    producers, foldable = _dependents(tp, graph, layer)
+    return UnitLayer(name, layer, consumers, producers, foldable)
+
+
+def trace_inputs(inputs: Any) -> tuple[tuple, dict[str, Any]]:
+    """``(args, kwargs)`` of example inputs: a tensor, a sequence of positional inputs, or a
+    mapping of keyword inputs."""
+    if isinstance(inputs, Tensor):
+        return (inputs,), {}
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    return tuple(inputs), {}
+
+
+def build_graph(tp: Any, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Torch-Pruning's dependency graph of ``model`` called as ``model(*args, **kwargs)``."""
+    return tp.DependencyGraph().build_dependency(
+        model, example_inputs=(args, kwargs), forward_fn=lambda m, ex: m(*ex[0], **ex[1])
+    )
+
+
+def unit_layers(
+    model: nn.Module, example_inputs: Any, example_kwargs: Mapping[str, Any] | None = None
+) -> list[UnitLayer]:
     """Every Linear / Conv layer (not grouped) whose units other layers consume, found with
-    Torch-Pruning's dependency graph on ``example_inputs`` (traced in eval mode)."""
+    Torch-Pruning's dependency graph on ``model(*example_inputs, **example_kwargs)`` (traced in
+    eval mode); layers coupled by residual additions are one entry (their units are removed
+    together)."""
     tp = _torch_pruning()
-    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+    args, kwargs = trace_inputs(example_inputs)
+    kwargs = {**kwargs, **(example_kwargs or {})}
     root = unwrap(model)
     training = root.training
     root.eval()
     try:
         with torch.enable_grad():  # Torch-Pruning traces through autograd (no backward)
-            graph = tp.DependencyGraph().build_dependency(root, example_inputs=inputs)
+            graph = build_graph(tp, root, args, kwargs)
     finally:
         root.train(training)
-    found = []
+    found: list[UnitLayer] = []
+    covered: set[int] = set()
     for name, layer in root.named_modules():
-        if not _ungrouped(layer):
+        if not _ungrouped(layer) or id(layer) in covered:
             continue
-        consumers = [
-            (module, torch.tensor(blocks, dtype=torch.long))
-            for module, blocks in _consumers(tp, graph, cast(Prunable, layer))
-        ]
-        if consumers:
-            found.append(UnitLayer(name, layer, consumers))
+        unit = _unit_layer(tp, graph, name, cast(Prunable, layer))
+        if unit is not None:
+            covered.update(id(p) for p in unit.producers)
+            found.append(unit)
     return found
 
 
@@ -301,18 +411,19 @@ def _restore(model: nn.Module, snapshot: dict[str, nn.Module]) -> nn.Module:
     return model
 
 
-def compact(
-    model: nn.Module, example_inputs: Tensor | Sequence[Tensor], *, atol: float = 1e-5
-) -> nn.Module:
+def compact(model: nn.Module, example_inputs: Any, *, atol: float = 1e-5) -> nn.Module:
     """A smaller copy of ``model`` (eval mode) without its dead and unused units and filters.
 
-    A unit is removed when its incoming weights are all exactly zero (its constant output is
-    folded into the consumers' biases where that is exact) or when every consumer's weights for
-    it are exactly zero. The original model is not modified.
+    A unit is removed when its incoming weights (in every layer a residual addition couples to
+    its layer) are all exactly zero, its constant output folded into the consumers' biases where
+    that is exact, or when every consumer's weights for it are exactly zero; each layer keeps at
+    least one unit. `UnitLayer.zero_units` counts the same units (what `TargetSparsity` counts).
+    The original model is not modified.
 
     Args:
         model: the trained model.
-        example_inputs: a tensor or a tuple of them, to trace the model and verify the result.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs, to
+            trace the model and verify the result.
         atol: the largest difference allowed between the outputs of the original and the
             compacted model on ``example_inputs`` (a layer's surgery is undone past it).
 
@@ -323,10 +434,10 @@ def compact(
         ModuleNotFoundError: Torch-Pruning is not installed (``pip install 'torchpenalty[prune]'``).
     """
     tp = _torch_pruning()
-    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+    inputs = trace_inputs(example_inputs)
     working = copy.deepcopy(unwrap(model)).eval()
     reference = _outputs(working, inputs)
-    graph = tp.DependencyGraph().build_dependency(working, example_inputs=inputs)
+    graph = build_graph(tp, working, *inputs)
     names = [name for name, m in working.named_modules() if isinstance(m, PRUNABLE)]
     for name in names:
         snapshot: dict[str, nn.Module] = {}
@@ -341,7 +452,7 @@ def compact(
             ok = not changed or _same(_outputs(working, inputs), reference, atol)
         if changed and not ok:
             working = _restore(working, snapshot)
-            graph = tp.DependencyGraph().build_dependency(working, example_inputs=inputs)
+            graph = build_graph(tp, working, *inputs)
     if not _same(_outputs(working, inputs), reference, atol):
         raise RuntimeError("compact() changed the model's outputs; please report this model")
     return working

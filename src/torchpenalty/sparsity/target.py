@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,7 +33,8 @@ from ..kernels.layouts import Layout
 from ..penalties import GroupLasso, Penalty, SparseGroupLasso
 from ..penalties.batch import Batch
 from ..penalties.group import layouts_of
-from .compaction import UnitLayer, unit_layers
+from ..selection import unwrap
+from .compaction import UnitLayer, consumer_inputs, unit_layers
 from .status import TargetStatus
 
 KINDS = ("units", "groups", "weights")
@@ -54,14 +56,17 @@ class TargetSparsity:
     by_step: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.fraction, bool) or not isinstance(self.fraction, int | float):
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, numbers.Real):
             raise TypeError(f"fraction must be a number in (0, 1), got {self.fraction!r}")
         if not (0 < self.fraction < 1) or math.isnan(self.fraction):
             raise ValueError(f"fraction must be in (0, 1), got {self.fraction!r}")
+        object.__setattr__(self, "fraction", float(self.fraction))  # a NumPy scalar too
         if self.of not in KINDS:
             raise ValueError(f"of must be one of {', '.join(map(repr, KINDS))}, got {self.of!r}")
-        if isinstance(self.by_step, bool) or not isinstance(self.by_step, int) or self.by_step < 1:
-            raise ValueError(f"by_step must be a whole number of steps > 0, got {self.by_step!r}")
+        by_step = self.by_step
+        if isinstance(by_step, bool) or not isinstance(by_step, numbers.Integral) or by_step < 1:
+            raise ValueError(f"by_step must be a whole number of steps > 0, got {by_step!r}")
+        object.__setattr__(self, "by_step", int(by_step))
 
     @property
     def check_every(self) -> int:
@@ -156,11 +161,11 @@ class TargetController:
         # the frozen pattern, by the model's parameter names: a tensor the model replaces later
         # (load_state_dict(assign=True), to_empty()) is found again by name
         self._masks: list[tuple[str, Tensor]] = []
-        self._example: tuple | None = None
+        self._example: tuple[tuple, dict[str, Any]] | None = None
         self._units: list[UnitLayer] | None = None
         self._hook = None
         if target.of == "units":  # the dependency graph needs one input: the first forward's
-            self._hook = model.register_forward_pre_hook(self._capture)
+            self._hook = model.register_forward_pre_hook(self._capture, with_kwargs=True)
 
     def rebind(self, params: Sequence[Tensor]) -> None:
         """Count and keep the pattern on ``params``, the tensors the regularized names stand for
@@ -171,13 +176,22 @@ class TargetController:
         return self.model.get_parameter(name)
 
     def _named(self, masks: list[tuple[Tensor, Tensor]]) -> list[tuple[str, Tensor]]:
+        """One mask per parameter name: the product of its masks (a layer's weight is masked
+        as a unit's producer and as another unit's consumer)."""
         names = {id(p): n for n, p in self.model.named_parameters()}
-        return [(names[id(p)], m) for p, m in masks]
+        merged: dict[str, Tensor] = {}
+        for p, m in masks:
+            name = names[id(p)]
+            merged[name] = merged[name] * m if name in merged else m
+        return list(merged.items())
 
     # -- what is counted -------------------------------------------------------------------
-    def _capture(self, module: nn.Module, args: tuple) -> None:
+    def _capture(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if self._example is None:
-            self._example = tuple(a.detach()[:2] if isinstance(a, Tensor) else a for a in args)
+            self._example = (
+                tuple(_first_two(a) for a in args),
+                {k: _first_two(v) for k, v in kwargs.items()},
+            )
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -189,13 +203,38 @@ class TargetController:
                     "TargetSparsity(of='units') learns the model's units from its first forward "
                     "pass; call the model before the first optimizer step"
                 )
-            self._units = unit_layers(self.model, self._example)
+            args, kwargs = self._example
+            try:
+                self._units = unit_layers(self.model, args, kwargs)
+            except Exception as exc:  # Torch-Pruning's tracing: say what it was tracing
+                raise ValueError(
+                    "TargetSparsity(of='units') could not trace the model's units from its "
+                    f"first forward call ({len(args)} positional inputs, keyword inputs "
+                    f"{sorted(kwargs)}): {type(exc).__name__}: {exc}. Use of='groups' instead"
+                ) from exc
             if not self._units:
                 raise ValueError(
                     "TargetSparsity(of='units'): the model has no Linear or Conv layer whose "
                     "units another layer consumes"
                 )
         return self._units
+
+    def _zero_units(self, layers: list[UnitLayer]) -> list[Tensor]:
+        """`UnitLayer.zero_units` of each layer, as `compact` finds them: where a dead unit's
+        output cannot fold, whether it is exactly 0 at its consumers on the first forward's
+        inputs (one forward in eval mode, only then)."""
+        if not any(u.needs_inputs() for u in layers):
+            return [u.zero_units() for u in layers]
+        root = unwrap(self.model)
+        training = root.training
+        root.eval()
+        try:
+            assert self._example is not None  # _unit_layers needed it
+            consumers = [c for u in layers for c, _ in u.consumers]
+            seen = consumer_inputs(root, consumers, self._example)
+        finally:
+            root.train(training)
+        return [u.zero_units(None if u.foldable else u.silent(seen)) for u in layers]
 
     def _groups(self) -> list[_Groups]:
         out = []
@@ -214,15 +253,23 @@ class TargetController:
         return out
 
     def counts(self) -> tuple[int, int]:
-        """(exactly-zero items, items) now: one device sync."""
+        """(exactly-zero items, items) now: one device sync. Units are counted per layer, as
+        `compact` removes them: a unit of layers coupled by a residual addition is one unit of
+        each."""
+        weights: list[int] = []
         if self.target.of == "units":
-            zeros = [u.zero_units() for u in self._unit_layers()]
+            layers = self._unit_layers()
+            zeros = self._zero_units(layers)
+            weights = [_coupled(u) for u in layers]
         elif self.target.of == "groups":
             zeros = [g.zero() for g in self._groups()]
         else:
             zeros = [p.detach().reshape(-1) == 0 for p in self._params]
-        total = sum(z.numel() for z in zeros)
-        count = int(torch.stack([z.sum() for z in zeros]).sum()) if zeros else 0
+        weights = weights or [1] * len(zeros)
+        total = sum(z.numel() * k for z, k in zip(zeros, weights, strict=True))
+        if not zeros:
+            return 0, total
+        count = int(torch.stack([z.sum() * k for z, k in zip(zeros, weights, strict=True)]).sum())
         return count, total
 
     # -- every optimizer step ----------------------------------------------------------------
@@ -267,18 +314,21 @@ class TargetController:
         with torch.no_grad():
             if self.target.of == "units":
                 layers = self._unit_layers()
-                zero = [u.zero_units() for u in layers]
+                zero = self._zero_units(layers)
                 score = [
                     torch.where(z, u.importance(), math.inf)
                     for u, z in zip(layers, zero, strict=True)
                 ]
-                chosen = _smallest(score, keep)
+                chosen = _smallest(score, keep, [_coupled(u) for u in layers])
                 for u, frozen in zip(layers, chosen, strict=True):
                     if not bool(frozen.any()):
                         continue
-                    weight = u.layer.weight
-                    rows = (~frozen).to(weight.dtype).view(-1, *[1] * (weight.ndim - 1))
-                    masks.append((weight, rows.expand_as(weight).clone()))
+                    # a frozen unit is dead in every coupled layer and unused by every consumer:
+                    # `compact` removes it, nothing to fold
+                    for producer in u.producers or [u.layer]:
+                        weight = producer.weight
+                        rows = (~frozen).to(weight.dtype).view(-1, *[1] * (weight.ndim - 1))
+                        masks.append((weight, rows.expand_as(weight).clone()))
                     for consumer, index in u.consumers:
                         m = torch.ones_like(consumer.weight)
                         m[:, index[frozen.cpu()].reshape(-1).to(m.device)] = 0
@@ -364,14 +414,36 @@ class TargetController:
         return self.target.of != "units" or self._units is not None or self._example is not None
 
 
-def _smallest(scores: Sequence[Tensor], keep: int) -> list[Tensor]:
-    """Per tensor, a bool mask of the ``keep`` smallest finite scores over all tensors."""
+def _first_two(value: Any) -> Any:
+    """A captured input, cut to its first two samples where it is a batch of tensors."""
+    return value.detach()[:2] if isinstance(value, Tensor) and value.ndim else value
+
+
+def _coupled(unit: UnitLayer) -> int:
+    """How many layers' units one unit of ``unit`` is (residual additions couple layers)."""
+    return len(unit.producers) or 1
+
+
+def _smallest(
+    scores: Sequence[Tensor], keep: int, weights: Sequence[int] | None = None
+) -> list[Tensor]:
+    """Per tensor, a bool mask of the items of smallest finite scores over all tensors, the
+    fewest whose weights (one each by default; per tensor) sum to ``keep`` or more."""
     flat = torch.cat([s.reshape(-1).double().cpu() for s in scores])
+    each = torch.cat(
+        [
+            torch.full((s.numel(),), k, dtype=torch.long)
+            for s, k in zip(scores, weights or [1] * len(scores), strict=True)
+        ]
+    )
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    finite = int(torch.isfinite(flat).sum())
-    keep = min(keep, finite)
-    if keep > 0:
-        chosen[torch.argsort(flat, stable=True)[:keep]] = True
+    order = torch.argsort(flat, stable=True)
+    order = order[torch.isfinite(flat[order])]
+    if keep > 0 and order.numel():
+        # the fewest in score order whose weights reach keep
+        reach = torch.cumsum(each[order], 0)
+        count = int(torch.searchsorted(reach, torch.tensor([keep]))[0]) + 1
+        chosen[order[:count]] = True
     out, start = [], 0
     for s in scores:
         out.append(chosen[start : start + s.numel()].view(s.shape).to(s.device))
