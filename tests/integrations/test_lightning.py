@@ -321,3 +321,53 @@ def test_hooks_are_removed_after_fit():
     fit.fit(model, loader())
     opt = fit.optimizers[0]
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+def test_checkpoint_keys_are_the_same_in_a_new_process():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from . import lightning_rules
+
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, str(Path(lightning_rules.__file__))],  # rules in __main__ there
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    here = lightning_rules.keys()
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == here
+    assert len(set(here)) == len(here)  # distinct settings, distinct keys
+    assert not any("0x" in key for key in here)
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_centered_on_a_mapping_checkpoints_and_resumes(tmp_path):
+    """A regularizer centered on reference tensors saves (as L2-SP on its saved w0) at the
+    first checkpoint of a fit, and a fit resumed from it continues exactly."""
+    g = torch.Generator().manual_seed(5)
+    w0 = {"net.0.weight": torch.randn(16, 8, generator=g, dtype=torch.float64)}
+
+    def callback():
+        return RegularizerCallback({"net.0.weight": tp.L2(1e-1, center=w0)}, mode="decoupled")
+
+    straight = callback()
+    whole = Classifier(straight)
+    trainer(straight).fit(whole, loader())
+
+    first = callback()
+    half = Classifier(first)
+    fit = trainer(
+        first, max_epochs=1, enable_checkpointing=True, default_root_dir=tmp_path
+    )  # Lightning's own checkpoint at the end of the epoch
+    fit.fit(half, loader())
+    (saved,) = list(tmp_path.rglob("*.ckpt"))
+    second = callback()
+    resumed = Classifier(second)
+    trainer(second).fit(resumed, loader(), ckpt_path=saved)
+    assert_same_weights(resumed.net, whole.net, atol=0)

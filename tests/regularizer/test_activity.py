@@ -199,7 +199,9 @@ def test_unbatched_inputs_are_one_sample():
     x = torch.randn(7, 3)  # unbatched: (sequence, features)
     act = ActivityRegularizer(gru, {"": "l1(1.0)"})
     out, h = gru(x)
-    assert act().detach().item() == pytest.approx((out.abs().sum() + h.abs().sum()).item(), rel=1e-6)
+    assert act().detach().item() == pytest.approx(
+        (out.abs().sum() + h.abs().sum()).item(), rel=1e-6
+    )
 
 
 def test_an_empty_batch_adds_zero_not_nan():

@@ -4,7 +4,10 @@ build and attach to every optimizer, the figures they log, and the check that a 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import functools
+import re
+import types
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +46,20 @@ class CallbackSpec:
         if not isinstance(self.log, bool):
             raise TypeError(f"log must be True or False, got {self.log!r}")
 
+    def key(self) -> dict[str, str]:
+        """The settings as text that is the same in every process (no memory addresses; a
+        function is its qualified name), so a checkpoint finds its callback again after a
+        restart, whatever its rules are."""
+        return {
+            "penalty": stable_repr(self.penalty),
+            "mode": self.mode,
+            **{
+                name: stable_repr(getattr(self, name))
+                for name in ("include", "exclude", "among", "schedule")
+                if getattr(self, name) not in (None, "weights")
+            },
+        }
+
     def build(self, model: nn.Module, among: Among | None = None) -> Regularizer:
         """The regularizer over ``model``; ``among`` (a framework's own rule) replaces
         ``self.among``."""
@@ -54,6 +71,32 @@ class CallbackSpec:
             among=self.among if among is None else among,
             schedule=self.schedule,
         )
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_repr(value: Any) -> str:
+    """``repr(value)`` without what changes from one process or edit to the next: functions
+    (lambdas included) and classes by qualified name (not their module, which is ``__main__`` in
+    a script, nor their line), mappings and sequences item by item, memory addresses left out
+    of any other repr."""
+    if isinstance(value, functools.partial):
+        args = ", ".join(map(stable_repr, [*value.args, *value.keywords.items()]))
+        return f"partial({stable_repr(value.func)}, {args})"
+    if isinstance(value, types.FunctionType | types.MethodType | types.BuiltinFunctionType):
+        bound = getattr(value, "__self__", None)
+        owner = f"[{stable_repr(bound)}]" if isinstance(value, types.MethodType) else ""
+        return f"{value.__qualname__}{owner}"
+    if isinstance(value, type):
+        return value.__qualname__
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{stable_repr(k)}: {stable_repr(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list | tuple):
+        inner = ", ".join(map(stable_repr, value))
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    return _ADDRESS.sub("", repr(value))
 
 
 def base_optimizer(optimizer: Any) -> torch.optim.Optimizer:

@@ -104,7 +104,7 @@ class RegularizerCallback(pl.Callback):
     def state_key(self) -> str:
         # stable across runs (checkpoints find it again) and distinct for distinct settings, so
         # two callbacks reach the clear error of `setup` instead of Lightning's key clash
-        return self._generate_state_key(penalty=repr(self.spec.penalty), mode=self.spec.mode)
+        return self._generate_state_key(**self.spec.key())
 
     @property
     def regularizer(self) -> Regularizer:

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from .._checks import check_step
 from ..distributed import Sharding, sum_parts
 from ..kernels import Backend, Kernels, get_backend, pack
-from ..penalties import Penalty, parse
+from ..penalties import Penalty, combine, parse
+from ..penalties.centered import Reference
 from ..penalties.base import check_strengths_fit
 from ..penalties.batch import Batch
 from ..selection import (
@@ -614,7 +615,7 @@ class Regularizer:
             schedule = "callable"
         return {
             "version": STATE_VERSION,
-            "penalties": {n: p.get_config() for n, p in self.named_penalties()},
+            "penalties": {n: _saved_config(p) for n, p in self.named_penalties()},
             "steps": self.steps,
             "schedule": schedule,
             # w0 of centered penalties (L2-SP), by name
@@ -695,3 +696,20 @@ class Regularizer:
             lines.append(f"  schedule: {self.schedule!r} at step {self.steps} (x{self.factor:.4g})")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _saved_config(penalty: Penalty) -> dict[str, Any]:
+    """A penalty's config for `Regularizer.state_dict`. A penalty centered on reference tensors
+    (``center={name: w0}``) has no config of its own; the state saves its w0 under
+    ``references``, so it is saved as centered on ``"init"``, which `load_state_dict` restores
+    with those saved w0: the same penalty of the same weights."""
+    terms = penalty.summands()
+    if not any(isinstance(getattr(t, "center", None), Reference) for t in terms):
+        return penalty.get_config()
+    saved = [
+        dataclasses.replace(t, center="init")  # type: ignore[type-var]
+        if isinstance(getattr(t, "center", None), Reference)
+        else t
+        for t in terms
+    ]
+    return combine(*saved).get_config()
