@@ -175,3 +175,51 @@ def test_ctrl_c_keeps_finished_runs(tmp_path):
     assert "\nnone " in stdout and "l2(1e-3)" not in stdout.split("regularizer")[-1]
     results = read_results(out)
     assert results["interrupted"] is True and len(results["runs"]) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "--target", "unit=0.5"], "--target unit=0.5: not a sparsity target"),
+        (["compare", "--target", "Units=0.5"], "--target Units=0.5: not a sparsity target"),
+        (["compare", "--target", "units:0.5"], "--target units:0.5: not a sparsity target"),
+        (["sweep", "--target", "label"], "--target label: not a sparsity target"),
+        (["compare", "--target", "units=0.5", "--reg", "none"], "no contender has a penalty"),
+        (
+            ["compare", "--target", "units=0.5", "--weight-decay", "1e-3"],
+            "--target units=0.5: no contender has a penalty",
+        ),
+        (
+            ["compare", "--target", "units=0.5", "--reg", "group_lasso(1e-3)@proximal"]
+            + ["--model", "linear"],
+            "--target units=0.5: the model has no hidden units to remove (--model linear)",
+        ),
+        (
+            ["compare", "--target", "groups=0.5", "--reg", "l1(1e-4)@proximal"],
+            "--target groups=0.5 with l1(1e-4)@proximal: target of='groups' needs a group penalty",
+        ),
+        (
+            ["compare", "--reg", "l1(1e-4)", "--tensorboard", "/proc/no/such/place"],
+            "--tensorboard /proc/no/such/place: cannot write there",
+        ),
+    ],
+)
+def test_what_cannot_work_is_refused_before_training(tmp_path, argv, message, capsys):
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as info:
+        run_cli(*argv, "--epochs", "1", "--quiet", "--out", out)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_an_unwritable_tensorboard_folder_is_refused(tmp_path, capsys):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder is needed")
+    with pytest.raises(SystemExit) as info:
+        run_cli("compare", "--tensorboard", blocked / "tb", "--quiet", "--out", tmp_path / "o")
+    assert info.value.code == 2
+    assert "--tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -31,6 +31,7 @@ from torchpenalty.experiments.training import (
     optimizer_classes,
     target_of,
 )
+from torchpenalty.sparsity.compaction import unit_layers
 
 from .argtypes import MAX_SEED
 from .flags import DEFAULT_MOMENTUM
@@ -141,17 +142,59 @@ def check_setup(
                 f"are the prox's exact zeros): --mode proximal or @proximal, not {c.mode}"
             )
         try:
-            reg = Regularizer(net, c.penalty, target=target_of(c, 1))
+            reg = Regularizer(net, c.penalty)
             if c.mode != "loss":
                 reg.attach(opt, mode=c.mode).remove()
         except ValueError as exc:
             if isinstance(c.penalty, dict) and rules_file is not None:
                 raise CommandError(f"{rules_file}: {exc}") from None
             parser.error(f"--reg {c.label}: {exc}")
+        target = target_of(c, 1)
+        if target is not None and c.target is not None:
+            try:
+                Regularizer(net, c.penalty, target=target)
+            except ValueError as exc:
+                parser.error(f"--target {c.target[0]}={c.target[1]:g} with {c.label}: {exc}")
+
+
+def check_target(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    data: datasets.Dataset,
+    config: TrainConfig,
+    contenders: Sequence[Contender],
+) -> None:
+    """``--target`` before any training: on data other than csv it must be exactly
+    ``units=F``, ``groups=F`` or ``weights=F``; a sparsity target needs a penalty contender, and
+    ``units=`` a model with hidden units."""
+    label = getattr(args, "target", None)
+    if label is not None and not str(args.data).startswith("csv:"):
+        parser.error(
+            f"--target {label}: not a sparsity target (units=F, groups=F or weights=F, F in "
+            f"(0, 1)), and {args.data} data has no label column to name"
+        )
+    wanted = getattr(args, "sparsity_target", None)
+    if wanted is None:
+        return
+    kind, fraction = wanted
+    flag = f"--target {kind}={fraction:g}"
+    if not any(c.has_penalty for c in contenders):
+        parser.error(f"{flag}: no contender has a penalty to reach it (give one with --reg)")
+    if kind == "units":
+        model = build_model(data, config, seed=0)
+        example = data.x_train[:2].to(config.device)
+        if not unit_layers(model, example):
+            hidden = (
+                f" --hidden {','.join(map(str, config.hidden))}" if config.model == "mlp" else ""
+            )
+            parser.error(
+                f"{flag}: the model has no hidden units to remove (--model {config.model}{hidden}); "
+                "use groups= or weights=, or a model with hidden layers"
+            )
 
 
 def check_tensorboard(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--tensorboard DIR`` needs the package and a folder it can write to."""
+    """``--tensorboard DIR`` needs the package and a folder it can write to (created now)."""
     where = getattr(args, "tensorboard", None)
     if where is None:
         return
@@ -161,6 +204,13 @@ def check_tensorboard(parser: argparse.ArgumentParser, args: argparse.Namespace)
         )
     if where.exists() and not where.is_dir():
         parser.error(f"--tensorboard {where}: not a folder")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        parser.error(f"--tensorboard {where}: cannot write there: {reason}")
 
 
 def output_dir(args: argparse.Namespace, command: str) -> Path:

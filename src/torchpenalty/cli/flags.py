@@ -39,18 +39,16 @@ class TargetAction(argparse.Action):
     ) -> None:
         text = str(values)
         kind, eq, fraction = text.partition("=")
-        if not eq or kind.strip() not in KINDS:
-            namespace.target = text
+        if not eq or kind not in KINDS:
+            namespace.target = text  # a csv label column (`check_target` refuses it elsewhere)
             return
         try:
             value = float(fraction)
         except ValueError:
             value = math.nan
         if not 0 < value < 1:  # NaN too
-            parser.error(
-                f"argument --target: {kind.strip()}= takes a fraction in (0, 1), got {fraction!r}"
-            )
-        namespace.sparsity_target = (kind.strip(), value)
+            parser.error(f"argument --target: {kind}= takes a fraction in (0, 1), got {fraction!r}")
+        namespace.sparsity_target = (kind, value)
 
 
 def add_data_flags(parser: argparse.ArgumentParser, default: str = "digits") -> None:

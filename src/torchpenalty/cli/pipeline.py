@@ -73,6 +73,7 @@ def run_study(args: argparse.Namespace, parser: argparse.ArgumentParser, study: 
     data = common.load_data(args)
     config = common.train_config(args)
     common.check_setup(parser, data, config, study.contenders, rules_file=study.rules_file)
+    common.check_target(parser, args, data, config, study.contenders)
     common.check_tensorboard(parser, args)
     out = common.output_dir(args, study.command)
     seed_list = common.seeds(args)
