@@ -155,3 +155,70 @@ def test_model_must_be_a_module():
 
 def test_float32_model_selection_is_dtype_agnostic():
     assert names(select(make_model(torch.float32))) == WEIGHTS
+
+
+# -- the default keeps every embedding table and leaves normalization parameters out ------------
+
+
+class GRN(nn.Module):
+    """ConvNeXt-V2's Global Response Normalization, as its reference code writes it."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    def forward(self, x):
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class NormedEmbedding(nn.Embedding):
+    def __init__(self):
+        super().__init__(10, 4)
+        self.norm = nn.LayerNorm(4)
+
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 6, 4))
+        self.layer_scale = nn.Parameter(torch.ones(4, 1, 1))
+
+
+def test_embedding_subclasses_named_norm_keep_their_table():
+    model = nn.ModuleDict({"emb": NormedEmbedding(), "bag": nn.EmbeddingBag(5, 3)})
+    names = [n for n, _ in select(model)]
+    assert names == ["emb.weight", "bag.weight"]  # the LayerNorm inside is not a weight
+
+
+def test_a_transformers_normed_embedding_keeps_its_table():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.inkling.modeling_inkling import InklingNormedEmbedding
+
+    assert transformers.__version__
+    model = nn.ModuleDict({"embed": InklingNormedEmbedding(32, 8, 0, 1e-6)})
+    names = [n for n, _ in select(model)]
+    assert names == ["embed.weight"]  # and not embed.embed_norm.weight (its RMSNorm)
+
+
+def test_vector_shaped_normalization_parameters_are_not_weights():
+    model = nn.ModuleDict(
+        {
+            "grn": GRN(4),
+            "tokens": Tokens(),
+            "first": nn.Linear(1, 8),  # (8, 1): a real weight, from a scalar input
+            "rnn": nn.LSTM(1, 3),  # weight_ih (12, 1)
+            "conv": nn.Conv2d(1, 4, 1),  # (4, 1, 1, 1)
+        }
+    )
+    names = [n for n, _ in select(model)]
+    assert names == [
+        "tokens.pos_embed",
+        "first.weight",
+        "rnn.weight_ih_l0",
+        "rnn.weight_hh_l0",
+        "conv.weight",
+    ]

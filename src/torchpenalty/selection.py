@@ -4,7 +4,12 @@ The default ("the weights", as practitioners mean it) selects a parameter when
 
 - it has ``ndim >= 2`` and its name does not end in ``bias``, and
 - the module that owns it is not a normalization layer (BatchNorm, LayerNorm, GroupNorm,
-  InstanceNorm, LocalResponseNorm, RMSNorm, or any class whose name contains ``Norm``), and
+  InstanceNorm, LocalResponseNorm, RMSNorm, or any class whose name contains ``Norm`` that is
+  not a Linear / Conv / Embedding / RNN / attention layer: an ``nn.Embedding`` subclass named
+  ``...NormedEmbedding`` is an embedding table), and
+- it is not vector-shaped outside those layers (at most one dim longer than 1: ConvNeXt-V2's
+  GRN ``gamma``/``beta`` of shape ``(1, 1, 1, C)``, layer scales, ``(1, 1, D)`` tokens; the
+  ConvNeXt-V2 and timm recipes do not decay them either), and
 - the model (or the submodule holding it) does not list it in a timm-style
   ``no_weight_decay()`` method (names or globs, relative to that module).
 
@@ -97,8 +102,33 @@ def entries(model: nn.Module) -> list[Entry]:
     return out
 
 
+#: PyTorch's layers whose parameters are weights whatever their class is named or their shape
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.RNNBase,
+    nn.MultiheadAttention,
+)
+
+
 def is_norm_layer(module: nn.Module) -> bool:
-    return isinstance(module, NORM_LAYERS) or "Norm" in type(module).__name__
+    """A normalization layer: one of PyTorch's, or any other class whose name contains
+    ``Norm``, except subclasses of `WEIGHT_LAYERS` (an ``nn.Embedding`` subclass named
+    ``...NormedEmbedding`` holds an embedding table; the norm layer inside it is its own
+    module)."""
+    if isinstance(module, NORM_LAYERS):
+        return True
+    return "Norm" in type(module).__name__ and not isinstance(module, WEIGHT_LAYERS)
+
+
+def is_vector_shaped(param: Tensor, module: nn.Module) -> bool:
+    """A parameter with at most one dim longer than 1, outside `WEIGHT_LAYERS`: a per-channel
+    scale or shift stored with broadcast dims (ConvNeXt-V2's GRN ``gamma``/``beta`` of shape
+    ``(1, 1, 1, C)``, layer scales), or a token (``(1, 1, D)``): not a weight."""
+    return sum(n > 1 for n in param.shape) <= 1 and not isinstance(module, WEIGHT_LAYERS)
 
 
 def _no_weight_decay_patterns(model: nn.Module) -> list[str]:
@@ -123,6 +153,7 @@ def default_rule(model: nn.Module) -> Predicate:
             param.ndim >= 2
             and not name.rsplit(".", 1)[-1].endswith("bias")
             and not is_norm_layer(module)
+            and not is_vector_shaped(param, module)
             and not any(fnmatch.fnmatchcase(name, p) for p in excluded)
         )
 

@@ -81,3 +81,16 @@ class TestAgainstKeras:
         assert from_keras(theirs_reg) == ours
         torch.testing.assert_close(ours.value(weight), theirs.detach(), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(ours.grad(weight), theirs_grad.T, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", ["rows", "cols"])
+@pytest.mark.parametrize("shape", [(5,), (), (2,)])
+def test_vectors_and_scalars_are_refused(groups, shape):
+    penalty = Orthogonal(0.1, groups)
+    w = torch.randn(shape)
+    for call in (penalty.value, penalty.grad):
+        with pytest.raises(ValueError, match=r"needs a tensor of 2 or more dims"):
+            call(w)
+    model = nn.Linear(3, 5)
+    with pytest.raises(ValueError, match=r"cannot apply to 'bias': .* 2 or more dims"):
+        Regularizer(model, {"bias": penalty}, among="all")

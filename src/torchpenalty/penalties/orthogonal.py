@@ -77,7 +77,12 @@ class Orthogonal(Penalty):
 
     def _count(self, w: Any) -> int:
         dim = 0 if self.groups == "rows" else 1
-        if w.ndim <= dim or w.shape[dim] < 2:
+        if w.ndim < 2:  # the rows of a vector are scalars: every cosine is +-1
+            raise ValueError(
+                f"{self!r} needs a tensor of 2 or more dims (vectors to compare), got shape "
+                f"{tuple(w.shape)}"
+            )
+        if w.shape[dim] < 2:
             raise ValueError(
                 f"{self!r} needs at least 2 {self.groups} to compare, got shape {tuple(w.shape)}"
             )
