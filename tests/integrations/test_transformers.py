@@ -144,3 +144,29 @@ def test_the_callback_twice_on_one_trainer(tmp_path):
     callback = RegularizerCallback("l2(0.1)")
     with pytest.raises(ValueError, match="2 RegularizerCallbacks on one Trainer"):
         train(tmp_path, [callback, callback])
+
+
+def test_the_trainers_own_weight_decay_on_too_warns_once(tmp_path):
+    callback = RegularizerCallback("l2(1e-2)", mode="decoupled")
+    with pytest.warns(RuntimeWarning, match=r"weight_decay=0.1\), so they decay twice") as seen:
+        train(tmp_path, [callback], weight_decay=0.1)
+    assert len([w for w in seen if "decay twice" in str(w.message)]) == 1
+
+
+def test_the_trainers_rule_decays_norm_layers_its_patterns_miss(tmp_path):
+    """What the docs state: the Trainer's rule is nn.LayerNorm modules and name patterns, so a
+    BatchNorm or RMSNorm whose name misses the patterns is decayed (and selected by default)."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+            self.bn = torch.nn.BatchNorm1d(4)
+            self.ln_f = torch.nn.RMSNorm(4)
+            self.final_norm = torch.nn.RMSNorm(4)
+            self.ln = torch.nn.LayerNorm(4)
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = Trainer(model=Net(), args=args)
+    decayed = trainer.get_decay_parameter_names(trainer.model)
+    assert decayed == ["fc.weight", "bn.weight", "ln_f.weight"]

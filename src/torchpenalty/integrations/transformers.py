@@ -4,13 +4,17 @@ torchpenalty[transformers]``).
 The Trainer wraps its optimizer in accelerate's ``AcceleratedOptimizer``, whose ``step()`` calls
 the torch optimizer's: the regularizer attaches there, so it acts once per optimizer step,
 gradient accumulation included. The default selection is the Trainer's own decay rule
-(`Trainer.get_decay_parameter_names`: no biases, no norm layers), so ``l2(wd)`` in decoupled mode
-with ``weight_decay=0`` is the Trainer's AdamW with ``weight_decay=wd``.
+(`Trainer.get_decay_parameter_names`: parameters outside ``nn.LayerNorm`` modules whose
+lower-cased names match none of ``bias``, ``layernorm``, ``rmsnorm``, ``(^|.)norm($|.)``,
+``_norm($|.)``), so ``l2(wd)`` in decoupled mode with ``weight_decay=0`` is the Trainer's AdamW
+with ``weight_decay=wd``. A Trainer whose own ``weight_decay`` is also on decays the same
+parameters twice: the callback warns once.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 import transformers
@@ -88,6 +92,7 @@ class RegularizerCallback(TrainerCallback):
         self.spec = CallbackSpec(penalty, mode, include, exclude, start, schedule, log)
         self._regularizer: Regularizer | None = None
         self._handles: list[AttachHandle] = []
+        self._warned_double_decay = False
 
     @property
     def regularizer(self) -> Regularizer:
@@ -133,8 +138,30 @@ class RegularizerCallback(TrainerCallback):
                 )
             reg.set_step(state.global_step)
         optimizer = base_optimizer(kwargs.get("optimizer") or trainer.optimizer)
+        self._warn_double_decay(optimizer, reg)
         self._handles = attach_all(reg, [optimizer], self.spec.mode)
         self._regularizer = reg
+
+    def _warn_double_decay(self, optimizer: Any, reg: Regularizer) -> None:
+        """Warn once when the Trainer's optimizer decays some of the parameters this callback
+        regularizes (``TrainingArguments(weight_decay=...)``): they would decay twice."""
+        if self._warned_double_decay:
+            return
+        regularized = {id(p) for _, p in reg.named_parameters()}
+        decayed = [
+            group["weight_decay"]
+            for group in optimizer.param_groups
+            if group.get("weight_decay") and any(id(p) in regularized for p in group["params"])
+        ]
+        if decayed:
+            self._warned_double_decay = True
+            warnings.warn(
+                f"the Trainer's optimizer also decays parameters this RegularizerCallback "
+                f"regularizes (weight_decay={decayed[0]:g}), so they decay twice: set "
+                "TrainingArguments(weight_decay=0) to leave regularization to the callback",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
