@@ -190,8 +190,10 @@ def test_ctrl_c_keeps_finished_runs(tmp_path):
             "--target units=0.5: no contender has a penalty",
         ),
         (
-            ["compare", "--target", "units=0.5", "--reg", "group_lasso(1e-3)@proximal"]
-            + ["--model", "linear"],
+            [
+                *("compare", "--target", "units=0.5"),
+                *("--reg", "group_lasso(1e-3)@proximal", "--model", "linear"),
+            ],
             "--target units=0.5: the model has no hidden units to remove (--model linear)",
         ),
         (

@@ -13,11 +13,11 @@ from torch.nn import functional as F
 
 pytest.importorskip("torch_pruning")
 
-import torchpenalty as tp  # noqa: E402
-from torchpenalty import GroupLasso, TargetSparsity, compact  # noqa: E402
-from torchpenalty.sparsity.compaction import layer_widths  # noqa: E402
+import torchpenalty as tp
+from torchpenalty import GroupLasso, TargetSparsity, compact
+from torchpenalty.sparsity.compaction import layer_widths
 
-from .test_compaction import resnet  # noqa: E402
+from .test_compaction import resnet
 
 
 class Residual(nn.Module):

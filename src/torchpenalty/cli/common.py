@@ -188,8 +188,9 @@ def check_target(
                 f" --hidden {','.join(map(str, config.hidden))}" if config.model == "mlp" else ""
             )
             parser.error(
-                f"{flag}: the model has no hidden units to remove (--model {config.model}{hidden}); "
-                "use groups= or weights=, or a model with hidden layers"
+                f"{flag}: the model has no hidden units to remove "
+                f"(--model {config.model}{hidden}); use groups= or weights=, or a model with "
+                "hidden layers"
             )
 
 

@@ -152,12 +152,9 @@ def describe(c: Contender) -> dict[str, Any]:
     }
 
 
-def legend(c: Contender) -> tuple[str, str]:
-    """A contender's legend text and line style: solid for penalties and weight decay, dashed
-    for dropout or label smoothing alone, dash-dot for a penalty with either."""
-    other = c.dropout is not None or bool(c.label_smoothing)
-    style = ("-." if c.has_penalty else "--") if other else "-"
-    return (c.label if c.label == c.describe() else f"{c.label}: {c.describe()}"), style
+def legend(c: Contender) -> str:
+    """A contender's legend text: its label, and what it applies where the label does not say."""
+    return c.label if c.label == c.describe() else f"{c.label}: {c.describe()}"
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

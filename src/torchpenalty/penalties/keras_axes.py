@@ -31,12 +31,14 @@ def _check_axes(axis: object) -> tuple[int, ...] | None:
     if axis is None:
         return None
     items = list(axis) if isinstance(axis, list | tuple) else [axis]
+    axes = []
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int | np.integer):
             raise TypeError(f"axis must be an int, a list of ints or None, got {axis!r}")
-    if not items:
+        axes.append(int(item))
+    if not axes:
         raise ValueError(f"axis must name at least one axis, got {axis!r}")
-    return tuple(int(item) for item in items)
+    return tuple(axes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,9 +26,9 @@ from .._checks import check_step
 from ..distributed import Sharding, sum_parts
 from ..kernels import Backend, Kernels, get_backend, pack
 from ..penalties import Penalty, combine, parse
-from ..penalties.centered import Reference
 from ..penalties.base import check_strengths_fit
 from ..penalties.batch import Batch
+from ..penalties.centered import Reference
 from ..selection import (
     Among,
     CompiledRule,

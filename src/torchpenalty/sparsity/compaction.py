@@ -171,7 +171,7 @@ def _dependents(tp: Any, graph: Any, layer: Prunable) -> tuple[list[Prunable], b
             foldable = False
         if handler == "prune_out_channels" and isinstance(module, PRUNABLE):
             if not any(module is p for p in producers):
-                producers.append(cast(Prunable, module))
+                producers.append(module)
         elif handler == "prune_in_channels" and isinstance(module, PRUNABLE):
             padded = not isinstance(module, nn.Linear) and (
                 module.groups != 1 or not all(p == 0 for p in module.padding)
