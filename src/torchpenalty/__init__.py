@@ -36,6 +36,7 @@ from .regularizer import (
     ParameterReport,
     Regularizer,
     Report,
+    Stacked,
     schedules,
 )
 from .selection import Selection, param_groups, select
@@ -61,6 +62,7 @@ __all__ = [
     "Report",
     "Selection",
     "SparseGroupLasso",
+    "Stacked",
     "Sum",
     "TargetSparsity",
     "TargetStatus",

@@ -71,14 +71,29 @@ class Selection(list):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside ``torch.compile``, DDP and DataParallel wrappers."""
+    """The user's module inside ``torch.compile``, DDP and DataParallel wrappers, and the module
+    tree of a `torchpenalty.regularizer.stacked.Stacked` model (its ``stacked_module``)."""
     while True:
         if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
             model = cast(nn.Module, model._orig_mod)
         elif isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
             model = model.module
+        elif isinstance(getattr(model, "stacked_module", None), nn.Module):
+            model = cast(nn.Module, model.stacked_module)
         else:
             return model
+
+
+def is_stacked(model: nn.Module) -> bool:
+    """Whether ``model`` (through its wrappers) is a stack of models: its parameters hold the
+    members along dim 0."""
+    while True:
+        if isinstance(getattr(model, "stacked_module", None), nn.Module):
+            return True
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module) or inner is model:
+            return False
+        model = inner
 
 
 def canonical_name(name: str) -> str:
@@ -148,7 +163,11 @@ def default_rule(model: nn.Module) -> Predicate:
     """The predicate behind the default selection (see the module docstring)."""
     excluded = _no_weight_decay_patterns(model)
 
+    stacked = is_stacked(model)  # a member's parameter is param[0]
+
     def is_weight(name: str, param: nn.Parameter, module: nn.Module) -> bool:
+        if stacked:
+            param = param[0]
         return (
             param.ndim >= 2
             and not name.rsplit(".", 1)[-1].endswith("bias")

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 import torchpenalty
 from torchpenalty import L2, Regularizer
+from torchpenalty.experiments import batched, runner
 from torchpenalty.experiments import data as datasets
-from torchpenalty.experiments import runner
 from torchpenalty.experiments.results import environment
 from torchpenalty.experiments.runner import Trained
 from torchpenalty.experiments.tensorboard_runs import TensorBoardRuns
@@ -302,6 +303,7 @@ def train_all(
     board = None
     if getattr(args, "tensorboard", None) is not None:
         board = TensorBoardRuns(args.tensorboard, [c.label for c in contenders], data.task)
+    stacks = stacks_of(args, data, config, contenders, seed_list, warm_start)
     try:
         trained = runner.train_all(
             data,
@@ -315,6 +317,7 @@ def train_all(
             warm_start=warm_start,
             say=echo,
             on_history=None if board is None else board.record,
+            stacks=stacks,
         )
     finally:
         if board is not None:
@@ -322,6 +325,41 @@ def train_all(
     if trained.interrupted:
         echo(f"\ninterrupted: keeping the {len(trained.results)} finished run(s)", file=sys.stderr)
     return trained
+
+
+def stacks_of(
+    args: argparse.Namespace,
+    data: datasets.Dataset,
+    config: TrainConfig,
+    contenders: Sequence[Contender],
+    seed_list: Sequence[int],
+    warm_start: bool,
+) -> list[list[int]] | None:
+    """How the runs train: stacks of runs at once (`batched.plan`), or None (each alone:
+    ``--sequential``, a warm start, a command without the batching flags)."""
+    if getattr(args, "sequential", True) or warm_start:
+        return None
+    budget_mib = getattr(args, "batch_memory", None)
+    if budget_mib is not None:
+        budget = int(budget_mib * 2**20)
+    elif config.device.startswith("cuda"):
+        budget = torch.cuda.mem_get_info(torch.device(config.device))[0] // 2
+    else:
+        budget = batched.DEFAULT_BUDGET
+    per_member = batched.member_bytes(data, config)
+    return batched.plan(contenders, seed_list, config, per_member, budget, sequential=False)
+
+
+def describe_stacks(trained: Trained, runs: int) -> str | None:
+    """One line: which runs trained at once, and how many alone."""
+    if not trained.stacks:
+        return None
+    together = sum(len(s) for s in trained.stacks)
+    sizes = ", ".join(str(len(s)) for s in trained.stacks)
+    alone = runs - together
+    return f"trained at once: {together} of {runs} runs, in stacks of {sizes}" + (
+        f"; {alone} alone (another optimizer, decay, dropout or mode, or a target)" if alone else ""
+    )
 
 
 def finish(trained: Trained) -> int:

@@ -170,9 +170,28 @@ def add_mode_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_batching_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("batching")
+    g.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train every run alone, one after another (default: runs that differ only in "
+        "their penalty and seed train at once, as one stacked model)",
+    )
+    g.add_argument(
+        "--batch-memory",
+        type=positive_float,
+        metavar="MIB",
+        help="the memory a stack of runs trained at once may take, in MiB (default: 2048 on "
+        "CPU, half the free memory of a GPU); more runs than fit train in several stacks",
+    )
+
+
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """The data, model, training and output flags of a command that trains contenders."""
+    """The data, model, training, batching and output flags of a command that trains
+    contenders."""
     add_data_flags(parser)
     add_model_flags(parser)
     add_training_flags(parser)
+    add_batching_flags(parser)
     add_output_flags(parser)

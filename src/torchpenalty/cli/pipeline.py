@@ -86,6 +86,9 @@ def run_study(args: argparse.Namespace, parser: argparse.ArgumentParser, study: 
     )
     if not trained.results:
         return common.finish(trained)
+    stacked = common.describe_stacks(trained, len(study.contenders) * len(seed_list))
+    if stacked:
+        common.echo(stacked)
 
     summary = summarize(trained.results, [c.label for c in study.contenders])
     shown = study.present(Finished(data, trained.results, summary, trained.first_models))
@@ -103,6 +106,7 @@ def run_study(args: argparse.Namespace, parser: argparse.ArgumentParser, study: 
             **shown.fields,
             "summary": summary,
             "runs": run_records(trained.results),
+            "stacks": [[{"contender": c, "seed": s} for c, s in st] for st in trained.stacks],
             "interrupted": trained.interrupted,
             "failure": trained.failure,
         },

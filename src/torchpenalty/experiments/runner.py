@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from .batched import run_stack
 from .checkpoints import CHECKPOINT, CHECKPOINT_KIND, CheckpointError, save_checkpoint
 from .data import Dataset
 from .training import (
@@ -33,6 +34,8 @@ class Trained:
     first_models: dict[str, nn.Module]
     interrupted: bool = False
     failure: str | None = None
+    #: the (label, seed) runs of each stack trained at once (runs trained alone: none)
+    stacks: list[list[tuple[str, int]]] = dataclasses.field(default_factory=list)
 
 
 def train_all(
@@ -48,6 +51,7 @@ def train_all(
     warm_start: bool = False,
     say: Callable[[str], None] = print,
     on_history: Callable[[str, int, list[dict[str, Any]]], None] | None = None,
+    stacks: Sequence[Sequence[int]] | None = None,
 ) -> Trained:
     """Every contender with every seed, in order; the finished runs are kept when Ctrl-C stops it
     or when a run fails during training (its reason in ``failure``). With ``warm_start`` each run
@@ -58,6 +62,8 @@ def train_all(
     ``out/checkpoint.pt``; ``resume_state`` (a `load_checkpoint`) continues from there to bitwise
     the same results. ``on_history(label, seed, history)`` gets each run's epoch records so
     far after every epoch, and once for a finished run read back from the checkpoint.
+    ``stacks`` (`batched.plan`) cuts the runs, in order, into groups trained at once as one
+    `Stacked` model (`batched.run_stack`); by default each run trains alone.
     """
     resume = resume_state or {}
     completed: list[dict[str, Any]] = list(resume.get("completed", []))
@@ -80,42 +86,50 @@ def train_all(
             + f", which does not fit this run's {total} run(s)"
         )
     runs = [(c, seed) for c in contenders for seed in seed_list]
+    stacks = [list(s) for s in stacks] if stacks is not None else [[i] for i in range(total)]
+    if sorted(i for s in stacks for i in s) != list(range(total)):
+        raise ValueError("stacks must cut the runs into consecutive groups")
+    if pending is not None and pending.get("members", 1) != len(
+        next((s for s in stacks if s[0] == pending["index"]), [])
+    ):
+        raise CheckpointError(
+            "checkpoint: it was saved while training runs "
+            f"{pending['index']}..{pending['index'] + pending.get('members', 1) - 1} together, "
+            "which this run does not: resume with the flags it was saved with "
+            "(--sequential, --batch-memory)"
+        )
     try:  # Ctrl-C anywhere, inside a run or between two, keeps the finished runs
-        for index, (c, seed) in enumerate(runs):
+        for stack in stacks:
+            first = stack[0]
+            label = runs[first][0].label
             try:
-                if index < len(completed):
-                    result = _restored(completed[index], c, seed, data, config)
-                    if on_history is not None:
-                        on_history(c.label, seed, completed[index]["history"])
-                else:
-
-                    def on_epoch(
-                        state: dict, index: int = index, label: str = c.label, seed: int = seed
-                    ) -> None:
-                        checkpoint["current"] = {"index": index, "state": state}
-                        save_checkpoint(out / CHECKPOINT, checkpoint)
+                if first < len(completed):
+                    results = [_restored(completed[i], *runs[i], data, config) for i in stack]
+                    for i in stack:
                         if on_history is not None:
-                            on_history(label, seed, state["history"])
-
-                    state = pending["state"] if pending and pending["index"] == index else None
-                    result = run(
+                            on_history(runs[i][0].label, runs[i][1], completed[i]["history"])
+                else:
+                    state = pending["state"] if pending and pending["index"] == first else None
+                    results = _train(
                         data,
-                        c,
                         config,
-                        seed,
-                        progress=progress_bars,
-                        init_state=previous.get(seed),
-                        keep_model=True,
-                        resume=state,
-                        on_epoch=on_epoch,
+                        [runs[i] for i in stack],
+                        first,
+                        state,
+                        previous,
+                        progress_bars,
+                        checkpoint,
+                        out,
+                        on_history,
                     )
-                    completed.append(
-                        {
-                            "history": [dataclasses.asdict(r) for r in result.history],
-                            "wall_time": result.wall_time,
-                            "model": result.trained_model.state_dict(),
-                        }
-                    )
+                    for result in results:
+                        completed.append(
+                            {
+                                "history": [dataclasses.asdict(r) for r in result.history],
+                                "wall_time": result.wall_time,
+                                "model": result.trained_model.state_dict(),
+                            }
+                        )
                     checkpoint["current"] = None
                     save_checkpoint(out / CHECKPOINT, checkpoint)
             except CheckpointError:
@@ -124,22 +138,77 @@ def train_all(
                 raise CheckpointError(f"checkpoint: {exc}") from None
             except Exception as exc:  # a failure only training could reveal: keep what finished
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                seed = runs[first][1]
+                together = (
+                    f" (with {len(stack) - 1} more runs in its stack)" if len(stack) > 1 else ""
+                )
                 trained.failure = (
-                    f"{c.label} (seed {seed}) failed during training: {type(exc).__name__}"
-                    + (f": {reason[:300]}" if reason else "")
+                    f"{label} (seed {seed}){together} failed during training: "
+                    f"{type(exc).__name__}" + (f": {reason[:300]}" if reason else "")
                 )
                 return trained
-            if warm_start:
-                previous[seed] = clone_state(result.trained_model)
-            if seed == seed_list[0]:
-                trained.first_models[c.label] = result.trained_model
-            result.model = None
-            trained.results.append(result)
-            if not progress_bars:
-                say(f"finished {result.contender} (seed {result.seed}) in {result.wall_time:.1f} s")
+            if len(stack) > 1:
+                trained.stacks.append([(runs[i][0].label, runs[i][1]) for i in stack])
+            for result in results:
+                if warm_start:
+                    previous[result.seed] = clone_state(result.trained_model)
+                if result.seed == seed_list[0]:
+                    trained.first_models[result.contender] = result.trained_model
+                result.model = None
+                trained.results.append(result)
+                if not progress_bars:
+                    together = f", {len(stack)} runs at once" if len(stack) > 1 else ""
+                    say(
+                        f"finished {result.contender} (seed {result.seed}) in "
+                        f"{result.wall_time:.1f} s{together}"
+                    )
     except KeyboardInterrupt:
         trained.interrupted = True
     return trained
+
+
+def _train(
+    data: Dataset,
+    config: TrainConfig,
+    members: list[tuple[Contender, int]],
+    index: int,
+    state: dict | None,
+    previous: dict[int, dict],
+    progress_bars: bool,
+    checkpoint: dict[str, Any],
+    out: Path,
+    on_history: Callable[[str, int, list[dict[str, Any]]], None] | None,
+) -> list[RunResult]:
+    """Train ``members`` (runs ``index``, ``index + 1``, ...): alone, or as one stack;
+    checkpointed after every epoch."""
+
+    def on_epoch(saved: dict) -> None:
+        checkpoint["current"] = {"index": index, "members": len(members), "state": saved}
+        save_checkpoint(out / CHECKPOINT, checkpoint)
+        if on_history is not None:
+            if len(members) == 1:
+                on_history(members[0][0].label, members[0][1], saved["history"])
+            else:
+                for (c, seed), history in zip(members, saved["histories"], strict=True):
+                    on_history(c.label, seed, history)
+
+    if len(members) > 1:
+        return run_stack(
+            data, members, config, progress=progress_bars, resume=state, on_epoch=on_epoch
+        )
+    c, seed = members[0]
+    result = run(
+        data,
+        c,
+        config,
+        seed,
+        progress=progress_bars,
+        init_state=previous.get(seed),
+        keep_model=True,
+        resume=state,
+        on_epoch=on_epoch,
+    )
+    return [result]
 
 
 def _restored(

@@ -6,6 +6,7 @@ from .batch import Batch
 from .constraints import Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
 from .elementwise import L1, L2, ElasticNet, Elementwise, Zero, soft_threshold
 from .group import GroupLasso, SparseGroupLasso
+from .members import Members
 from .orthogonal import Orthogonal
 from .spec import parse
 
@@ -20,6 +21,7 @@ __all__ = [
     "GroupLasso",
     "GroupStats",
     "MaxNorm",
+    "Members",
     "MinMaxNorm",
     "NonNeg",
     "Orthogonal",

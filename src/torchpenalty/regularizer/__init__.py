@@ -14,6 +14,7 @@ from .activity import ActivityRegularizer
 from .attach import ALL_MODES, MODES, AttachHandle
 from .regularizer import PenaltyArg, Regularizer
 from .reporting import ParameterReport, Report
+from .stacked import Stacked
 
 __all__ = [
     "ALL_MODES",
@@ -24,5 +25,6 @@ __all__ = [
     "PenaltyArg",
     "Regularizer",
     "Report",
+    "Stacked",
     "schedules",
 ]

@@ -29,6 +29,7 @@ from ..penalties import Penalty, combine, parse
 from ..penalties.base import check_strengths_fit
 from ..penalties.batch import Batch
 from ..penalties.centered import Reference
+from ..penalties.members import Members
 from ..selection import (
     Among,
     CompiledRule,
@@ -47,6 +48,7 @@ from .loss import PenaltyTotal, grad_accumulators
 from .references import capture
 from .reporting import Report, build_report
 from .schedules import Schedule, ScheduleLike, factor_at
+from .stacked import members_of
 
 #: the layout of `Regularizer.state_dict`; `load_state_dict` reads this one only
 STATE_VERSION = 1
@@ -85,6 +87,27 @@ def _assign(entries: list[Entry], penalty: PenaltyArg, model: nn.Module) -> list
         for i in fresh:
             assigned[i] = pen
     return assigned
+
+
+def _per_member(
+    model: nn.Module,
+    assigned: list[Penalty | None],
+    strengths: Sequence[float] | Tensor,
+    target: TargetSparsity | None,
+) -> list[Penalty | None]:
+    """Each assigned penalty at every member's strength (`Members.scaled`)."""
+    members = members_of(model)
+    if members is None:
+        raise ValueError(
+            "strengths= needs a Stacked model (torchpenalty.Stacked(models)): one strength per "
+            f"member; got a {type(model).__name__}"
+        )
+    count = len(strengths)
+    if count != members:
+        raise ValueError(f"strengths holds {count} values for a stack of {members} members")
+    if target is not None:
+        raise ValueError("a TargetSparsity is not supported per member: train members alone")
+    return [None if p is None else Members.scaled(p, strengths) for p in assigned]
 
 
 def _restored(saved: object, fresh: Tensor, name: str) -> Tensor:
@@ -141,6 +164,9 @@ class Regularizer:
             that fraction of units, groups or weights is exactly zero, then the pattern is
             frozen and the penalty stops (see `torchpenalty.target`); ``reg.target`` is its
             state.
+        strengths: for a `Stacked` model of ``K`` members, ``K`` factors: member ``k`` is
+            regularized by ``strengths[k]`` times its penalty, exactly as if trained alone
+            (`torchpenalty.penalties.members.Members`).
 
     Raises:
         ValueError: a rule selects nothing, a penalty cannot apply to a parameter (``cols`` of a
@@ -159,6 +185,7 @@ class Regularizer:
         schedule: ScheduleLike | None = None,
         backend: Backend | None = None,
         target: TargetSparsity | None = None,
+        strengths: Sequence[float] | Tensor | None = None,
     ) -> None:
         if schedule is not None and not callable(schedule):
             raise TypeError(
@@ -172,6 +199,8 @@ class Regularizer:
         self.factor = 1.0 if schedule is None else factor_at(schedule, 0)
         selected, self.frozen = select_entries(model, include, exclude, among=among)
         assigned = _assign(selected, penalty, model)
+        if strengths is not None:
+            assigned = _per_member(model, assigned, strengths, target)
         kept = [(e, p) for e, p in zip(selected, assigned, strict=True) if p is not None]
         self._names = [e.name for e, _ in kept]
         _check_applies(self._names, [e.param for e, _ in kept], [p for _, p in kept])
