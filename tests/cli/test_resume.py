@@ -48,25 +48,31 @@ def cli(*args: str, **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_weights_and_numbers(tmp_path):
-    straight = cli(*ARGS, "--out", tmp_path / "straight")
-    killed = cli(*ARGS, "--out", tmp_path / "killed")
+@pytest.mark.parametrize("batching", [["--sequential"], []], ids=["sequential", "stacked"])
+def test_a_killed_run_resumes_to_the_same_weights_and_numbers(tmp_path, batching):
+    """Sequential: killed while the second contender trains. Stacked (both contenders train
+    at once): killed mid-stack."""
+    args = [*ARGS, *batching]
+    straight = cli(*args, "--out", tmp_path / "straight")
+    killed = cli(*args, "--out", tmp_path / "killed")
     checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    index = 1 if batching else 0
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill it once the second contender is under way
+    while time.monotonic() < deadline:  # kill it once the run (or stack) is under way
         try:
             state = torch.load(checkpoint, weights_only=True)
         except (FileNotFoundError, RuntimeError, EOFError):
             state = None
         current = state and state["current"]
-        if current and current["index"] == 1 and current["state"]["epoch"] >= 5:
+        if current and current["index"] == index and current["state"]["epoch"] >= 5:
             killed.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
     state = torch.load(checkpoint, weights_only=True)  # loads as plain tensors and containers
-    assert len(state["completed"]) == 1 and state["current"]["state"]["epoch"] < EPOCHS
+    assert len(state["completed"]) == index and state["current"]["state"]["epoch"] < EPOCHS
+    assert state["current"].get("members", 1) == (1 if batching else 2)
     assert not (tmp_path / "killed" / "results.json").exists()
 
     resumed = cli("compare", "--resume", checkpoint, "--quiet")

@@ -89,16 +89,27 @@ def plan(
     runs = [(c, s) for c in contenders for s in seeds]
     most = max(1, (budget or DEFAULT_BUDGET) // max(per_member, 1))
     stacks: list[list[int]] = []
-    key_of_last: tuple | None = None
+    shared: tuple | None = None  # the last stack's key (its mode None while none is penalized)
     for index, (c, _) in enumerate(runs):
         key = None if sequential else batch_key(c, config)
-        joins = stacks and key is not None and key == key_of_last and len(stacks[-1]) < most
-        if joins:
+        joined = _join(shared, key) if stacks and len(stacks[-1]) < most else None
+        if joined is not None:
             stacks[-1].append(index)
+            shared = joined
         else:
             stacks.append([index])
-        key_of_last = key
+            shared = key
     return stacks
+
+
+def _join(stack: tuple | None, run: tuple | None) -> tuple | None:
+    """The key of a stack once ``run`` joins it, or None if it cannot: everything equal, and
+    the same mode where both are penalized (a run without a penalty joins any mode)."""
+    if stack is None or run is None or stack[:-1] != run[:-1]:
+        return None
+    if stack[-1] is not None and run[-1] is not None and stack[-1] != run[-1]:
+        return None
+    return stack if stack[-1] is not None else run
 
 
 def _member_penalty(contenders: Sequence[Contender]) -> Members | None:

@@ -51,6 +51,8 @@ def load_checkpoint(path: Path) -> dict:
 
 
 RUN_KEYS = {"epoch", "model", "optimizer", "regularizer", "shuffle", "rng", "history", "elapsed"}
+#: the state of runs trained at once (`batched.run_stack`): one history and shuffle each
+STACK_KEYS = RUN_KEYS - {"shuffle", "history"} | {"shuffles", "histories", "members"}
 
 
 def _checkpoint_problem(state: dict) -> str | None:
@@ -75,15 +77,25 @@ def _checkpoint_problem(state: dict) -> str | None:
     if not isinstance(current, dict) or not isinstance(current.get("index"), int):
         return "'current' must name the run in progress by its index"
     run_state = current.get("state")
-    if not isinstance(run_state, dict) or not set(run_state) >= RUN_KEYS:
-        missing = sorted(RUN_KEYS - set(run_state)) if isinstance(run_state, dict) else ["all"]
+    members = current.get("members", 1)
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        return "'current' must give the number of runs trained at once as a whole number"
+    keys = RUN_KEYS if members == 1 else STACK_KEYS
+    if not isinstance(run_state, dict) or not set(run_state) >= keys:
+        missing = sorted(keys - set(run_state)) if isinstance(run_state, dict) else ["all"]
         return f"the run in progress lacks {', '.join(missing)}"
     if not isinstance(run_state["epoch"], int) or run_state["epoch"] < 1:
         return "the run in progress has no valid epoch number"
-    if not _history_ok(run_state["history"]) or not _weights_ok(run_state["model"]):
+    histories = [run_state["history"]] if members == 1 else run_state["histories"]
+    shuffles = [run_state["shuffle"]] if members == 1 else run_state["shuffles"]
+    if not isinstance(histories, list) or len(histories) != members:
+        return f"the runs in progress must have {members} histories"
+    if not all(_history_ok(h) for h in histories) or not _weights_ok(run_state["model"]):
         return "the run in progress has a malformed history or model"
-    for key in ("shuffle", "rng"):
-        if not isinstance(run_state[key], torch.Tensor) or run_state[key].dtype != torch.uint8:
+    if not isinstance(shuffles, list) or len(shuffles) != members:
+        return f"the runs in progress must have {members} shuffle states"
+    for key, value in [*(("shuffle", t) for t in shuffles), ("rng", run_state["rng"])]:
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
             return f"the run in progress has a malformed random state ({key})"
     return None
 
