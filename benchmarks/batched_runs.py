@@ -101,12 +101,16 @@ print(json.dumps({"members": k, "alone_s": one * k, "stacked_s": together,
 def members_table(device: str, epochs: int) -> list[dict]:
     rows = []
     for k in MEMBERS:
-        out = subprocess.run(
-            [sys.executable, "-c", PROBE, str(k), device, str(epochs)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, "-c", PROBE, str(k), device, str(epochs)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         row = json.loads(out)
         row["speedup"] = row["alone_s"] / row["stacked_s"]
         rows.append(row)
