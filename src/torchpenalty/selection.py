@@ -165,7 +165,7 @@ def default_rule(model: nn.Module) -> Predicate:
 
     stacked = is_stacked(model)  # a member's parameter is param[0]
 
-    def is_weight(name: str, param: nn.Parameter, module: nn.Module) -> bool:
+    def is_weight(name: str, param: Tensor, module: nn.Module) -> bool:
         if stacked:
             param = param[0]
         return (

@@ -61,3 +61,18 @@ def test_compare_stacks_what_shares_an_optimizer_and_says_what_trained_alone(tmp
     flags = ["compare", *SMALL, "--epochs", "1", "--reg", "group_lasso(1e-3)@proximal"]
     assert run_cli(*flags, "--reg", "none", "--target", "units=0.5", "--out", tmp_path / "t") == 0
     assert read_results(tmp_path / "t")["stacks"] == []
+
+
+def test_a_stack_that_fails_keeps_the_runs_that_finished_before_it(tmp_path, capsys, monkeypatch):
+    from torchpenalty.experiments import runner
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(runner, "run_stack", fails)
+    # dropout(0.2) first, alone (its own model); then none and l2(1e-3) at once, failing
+    flags = ["compare", *SMALL, "--reg", "dropout(0.2)", "--reg", "none", "--reg", "l2(1e-3)"]
+    assert run_cli(*flags, "--out", tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "none (seed 0) (with 1 more runs in its stack) failed during training" in err
+    assert [r["contender"] for r in read_results(tmp_path)["summary"]] == ["dropout(0.2)"]

@@ -32,6 +32,12 @@ def test_grid_outputs(demo):
             assert len(grid) == 2 and all(len(row) == 2 for row in grid)
     assert_png(demo / "demo.png")
     assert (demo / "history.csv").exists() and (demo / "checkpoint.pt").exists()
+    # the decays of one optimizer and learning rate train at once
+    assert [sorted(r["contender"] for r in s) for s in results["stacks"]] == [
+        [f"{opt} lr={lr} wd=0.001", f"{opt} lr={lr} wd=1"]
+        for opt in ("adam", "adamw")
+        for lr in ("0.001", "0.01")
+    ]
 
 
 def test_each_cell_is_the_torch_optim_run(demo):

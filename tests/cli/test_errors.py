@@ -157,6 +157,7 @@ def test_ctrl_c_keeps_finished_runs(tmp_path):
             "none",
             "--reg",
             "l2(1e-3)",
+            "--sequential",  # one after another: the first finishes before the second starts
             "--out",
             str(out),
         ],

@@ -85,7 +85,8 @@ def test_lbfgs_trains_with_a_closure_in_loss_and_grad_modes(tmp_path):
 
 
 def test_a_failure_during_training_keeps_the_finished_runs(tmp_path, capsys, monkeypatch):
-    """Something only training reveals (here: the second run dies as if out of memory)."""
+    """Something only training reveals (here: the second run dies as if out of memory); runs
+    one after another (``--sequential``: stacked, the two would train at once)."""
     real_run = runner.run
 
     def run_that_fails_second(data, contender, *args, **kwargs):
@@ -95,7 +96,9 @@ def test_a_failure_during_training_keeps_the_finished_runs(tmp_path, capsys, mon
 
     monkeypatch.setattr(runner, "run", run_that_fails_second)
     out = tmp_path / "o"
-    code = run_cli("compare", *SMALL, "--reg", "none", "--reg", "l2(1e-3)", "--out", out)
+    code = run_cli(
+        "compare", *SMALL, "--sequential", "--reg", "none", "--reg", "l2(1e-3)", "--out", out
+    )
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err

@@ -22,7 +22,24 @@ from torchpenalty.kernels.layouts import Layout, detect_layout
 
 from ..helpers import close, last_dim_index, last_dim_runs
 
-pytestmark = pytest.mark.slow  # each case compiles its kernels (a few seconds)
+pytestmark = pytest.mark.slow  # each case compiles its kernels (about 10 s each, cold)
+
+#: the rest of the compiled matrix: every case compiles its own kernels (about 10 s each with a
+#: cold cache on 2 cores), so the default run keeps one case per kind and `pytest -m
+#: compile_matrix` runs the others (DEVELOPERS.md: run it before changing the compiled kernels)
+MATRIX = pytest.mark.compile_matrix
+
+
+def matrix(cases, keep, ids=None):
+    """``cases`` as parameters, all but the indices in ``keep`` marked `MATRIX`."""
+    return [
+        pytest.param(
+            *(c if isinstance(c, tuple) else (c,)),
+            marks=() if i in keep else MATRIX,
+            id=None if ids is None else ids[i],
+        )
+        for i, c in enumerate(cases)
+    ]
 
 
 PENALTIES = [
@@ -61,7 +78,8 @@ CASES = [(p, torch.float32) for p in PENALTIES] + [
 
 
 @pytest.mark.parametrize(
-    "penalty, dtype", CASES, ids=[f"{p!r}-{str(d).removeprefix('torch.')}" for p, d in CASES]
+    "penalty, dtype",
+    matrix(CASES, {0, 4}, [f"{p!r}-{str(d).removeprefix('torch.')}" for p, d in CASES]),
 )
 def test_fused_group_kernels_equal_the_eager_path(penalty, dtype):
     tiny = {torch.float32: 1e-30, torch.float64: 1e-170, torch.bfloat16: 1e-30}[dtype]
@@ -147,8 +165,7 @@ IRREGULAR = [
 
 @pytest.mark.parametrize(
     "penalty, dtype",
-    IRREGULAR,
-    ids=[f"{p!r}-{str(d).removeprefix('torch.')}" for p, d in IRREGULAR],
+    matrix(IRREGULAR, {1}, [f"{p!r}-{str(d).removeprefix('torch.')}" for p, d in IRREGULAR]),
 )
 def test_irregular_callable_groups_run_fused_and_equal_the_eager_path(penalty, dtype):
     tiny = {torch.float32: 1e-30, torch.float64: 1e-170}[dtype]
@@ -229,7 +246,7 @@ GROUP_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec", [GROUP_SPECS[0], GROUP_SPECS[2], GROUP_SPECS[-1]])
+@pytest.mark.parametrize("spec", matrix([GROUP_SPECS[0], GROUP_SPECS[2], GROUP_SPECS[-1]], {0}))
 def test_user_compiled_steps_have_no_graph_break(spec):
     """Inside the user's ``torch.compile(fullgraph=True)`` (which raises on a graph break), every
     mode traces through, and matches eager."""
@@ -260,7 +277,7 @@ def test_user_compiled_steps_have_no_graph_break(spec):
         torch.testing.assert_close(p, q)
 
 
-@pytest.mark.parametrize("spec", [GROUP_SPECS[0], GROUP_SPECS[-1]])
+@pytest.mark.parametrize("spec", matrix([GROUP_SPECS[0], GROUP_SPECS[-1]], {0}))
 def test_changing_strengths_and_steps_never_recompiles(spec):
     """Strengths, schedule factors, learning rates and loss scales enter the fused kernels as
     0-dim tensors: after the first call of each mode, new values reuse the compiled code."""
@@ -282,7 +299,7 @@ def test_changing_strengths_and_steps_never_recompiles(spec):
     assert reg.steps == 3 and reg._kernels.signatures
 
 
-@pytest.mark.parametrize("penalty", PENALTIES[:7], ids=repr)
+@pytest.mark.parametrize("penalty", matrix(PENALTIES[:7], {0}, [repr(p) for p in PENALTIES[:7]]))
 def test_loss_mode_reuses_the_forward_norms_and_equals_the_eager_path(penalty):
     """With every .grad present, the fused forward keeps its group norms and the backward adds
     into .grad with them (no second norms pass): the same gradients as the eager path."""
@@ -301,11 +318,10 @@ def kernel_windows(w):
     return torch.arange(w.numel()).view(w.shape) // w[0, 0].numel()
 
 
-@pytest.mark.parametrize(
-    "penalty",
-    [GroupLasso(0.3, kernel_windows), SparseGroupLasso(0.05, 0.3, kernel_windows)],
-    ids=repr,
-)
+WINDOWS = [GroupLasso(0.3, kernel_windows), SparseGroupLasso(0.05, 0.3, kernel_windows)]
+
+
+@pytest.mark.parametrize("penalty", matrix(WINDOWS, {1}, [repr(p) for p in WINDOWS]))
 def test_kernel_window_groups_equal_the_eager_path(penalty):
     """3x3 kernel windows: 32 short rows of 9 weights (summed column by column)."""
 
@@ -335,7 +351,9 @@ def test_kernel_window_groups_equal_the_eager_path(penalty):
     assert fused._kernels.group_layouts  # the windows were matched to a layout
 
 
-@pytest.mark.parametrize("penalty", [GroupLasso(0.3, kernel_windows), UnitNorm(kernel_windows)])
+@pytest.mark.parametrize(
+    "penalty", matrix([GroupLasso(0.3, kernel_windows), UnitNorm(kernel_windows)], {0})
+)
 def test_channels_last_kernel_windows_equal_the_eager_path(penalty):
     """Channels-last conv weights have no (windows, 9) view: the fused kernels update them
     whole (the short-row kernels and the split broadcast both need that view)."""

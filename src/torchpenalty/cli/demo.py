@@ -73,6 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="adamw: repeat the grid with K seeds and average",
     )
     p.add_argument("--seed", type=argtypes.seed_value, default=0)
+    flags.add_batching_flags(p)
     flags.add_output_flags(p)
     p.set_defaults(handler=main, command_parser=p)
 

@@ -166,6 +166,9 @@ def run_adamw(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     trained = common.train_all(args, data, config, entrants, seed_list, out)
     if not trained.results:
         return common.finish(trained)
+    stacked = common.describe_stacks(trained, len(entrants) * len(seed_list))
+    if stacked:
+        common.echo(stacked)
     summary = summarize(trained.results, [c.label for c in entrants])
     grids = _grids(summary, lrs, decays)
     found = findings(grids, lrs, decays, len(seed_list))
@@ -192,6 +195,7 @@ def run_adamw(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "verdict": said,
             "summary": summary,
             "runs": run_records(trained.results),
+            "stacks": [[{"contender": c, "seed": s} for c, s in st] for st in trained.stacks],
             "interrupted": trained.interrupted,
             "failure": trained.failure,
         },

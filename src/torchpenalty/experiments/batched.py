@@ -5,8 +5,11 @@ backward and optimizer step per batch.
 
 Runs share a stack when nothing but their penalty and seed differs (`batch_key`): the same
 optimizer, learning rate, weight decay, dropout, label smoothing and mode, no sparsity target,
-and an elementwise optimizer (one over the stacked tensors is then one per member). The rest
-trains alone. `plan` cuts the runs into stacks that fit a memory budget.
+and an elementwise optimizer (one over the stacked tensors is then one per member). Runs whose
+only regularizer is their optimizer's ``weight_decay`` stack across decays: each member's decay
+becomes ``L2(wd)`` on every parameter, in gradient mode (coupled, as ``weight_decay`` does it)
+or, for AdamW, in decoupled mode (AdamW's own rule). The rest trains alone. `plan` cuts the
+runs into stacks that fit a memory budget.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from torchpenalty import Penalty, Regularizer, Stacked, Zero, parse
+from torchpenalty import L2, Penalty, Regularizer, Stacked, Zero, parse
 from torchpenalty.penalties import Members
 from torchpenalty.selection import select
 
@@ -56,8 +59,22 @@ def batch_key(c: Contender, config: TrainConfig) -> tuple | None:
     if isinstance(c.penalty, Mapping):
         return None
     dropout = config.dropout if c.dropout is None else c.dropout
+    if not c.has_penalty and c.weight_decay:
+        # the optimizer's own decay, member by member: coupled L2 on every parameter in
+        # gradient mode (AdamW's decoupled decay in decoupled mode), at each member's strength
+        return (optimizer, c.lr, DECAY, dropout, c.label_smoothing, decay_mode(optimizer))
     mode = c.mode if c.has_penalty else None
     return (optimizer, c.lr, c.weight_decay, dropout, c.label_smoothing, mode)
+
+
+#: the weight-decay slot of the key of runs whose only regularizer is their optimizer's decay
+DECAY = "weight_decay"
+
+
+def decay_mode(optimizer: str) -> str:
+    """The mode in which ``L2(wd)`` on every parameter is ``optimizer(weight_decay=wd)``:
+    decoupled for AdamW, gradient mode (``g += wd * w``) for the others."""
+    return "decoupled" if optimizer == "adamw" else "grad"
 
 
 def member_bytes(data: Dataset, config: TrainConfig) -> int:
@@ -207,16 +224,25 @@ def run_stack(
         (data.x_val.to(device), data.y_val.to(device)),
         (data.x_test.to(device), data.y_test.to(device)),
     ]
+    optimizer = (first.optimizer or config.optimizer).lower()
+    decaying = batch_key(first, config)[2] == DECAY  # type: ignore[index]
     opt = make_optimizer(
-        first.optimizer or config.optimizer,
+        optimizer,
         stacked.parameters(),
         lr=config.lr if first.lr is None else first.lr,
         momentum=config.momentum,
-        weight_decay=first.weight_decay,
+        weight_decay=0.0 if decaying else first.weight_decay,
     )
-    penalty = _member_penalty([c for c, _ in members])
-    mode = next((c.mode for c, _ in members if c.has_penalty), "loss")
-    reg = None if penalty is None else Regularizer(stacked, penalty)
+    reg: Regularizer | None = None
+    penalty: Members | None
+    if decaying:  # each member's optimizer decay, as L2 on every parameter at its strength
+        penalty = Members(tuple(L2(c.weight_decay) for c, _ in members))
+        mode = decay_mode(optimizer)
+        reg = Regularizer(stacked, penalty, among="all")
+    else:
+        penalty = _member_penalty([c for c, _ in members])
+        mode = next((c.mode for c, _ in members if c.has_penalty), "loss")
+        reg = None if penalty is None else Regularizer(stacked, penalty)
     if reg is not None and mode != "loss":
         reg.attach(opt, mode=mode)
     # what each member reports as its penalty: its own, or its optimizer's decay as L2 on all
@@ -277,9 +303,10 @@ def run_stack(
                 for (_, p), (_, pen) in zip(
                     reg.named_parameters(), reg.named_penalties(), strict=True
                 ):
+                    assert isinstance(pen, Members)
                     values += pen.member_values(p.detach()).to(device, torch.float64)
             decay = torch.tensor(decays, dtype=torch.float64, device=device)
-            if any(decays):
+            if any(decays) and not decaying:
                 squares = sum(p.detach().double().flatten(1).pow(2).sum(1) for p in everything)
                 values += decay / 2 * squares
             table = torch.cat(

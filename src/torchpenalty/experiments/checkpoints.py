@@ -71,6 +71,12 @@ def _checkpoint_problem(state: dict) -> str | None:
             return f"finished run {i} lacks its history, wall time or model"
         if not _history_ok(run_state["history"]) or not _weights_ok(run_state["model"]):
             return f"finished run {i} has a malformed history or model"
+    stacks = state.get("stacks")
+    if stacks is not None and not (
+        isinstance(stacks, list)
+        and all(isinstance(st, list) and st and all(type(i) is int for i in st) for st in stacks)
+    ):
+        return "'stacks' must be lists of run indices"
     current = state.get("current")
     if current is None:
         return None

@@ -86,17 +86,22 @@ def train_all(
             + f", which does not fit this run's {total} run(s)"
         )
     runs = [(c, seed) for c in contenders for seed in seed_list]
+    if resume_state is not None:
+        # a resumed run groups its runs as it did at first (each alone before stacks existed)
+        stacks = resume.get("stacks")
     stacks = [list(s) for s in stacks] if stacks is not None else [[i] for i in range(total)]
-    if sorted(i for s in stacks for i in s) != list(range(total)):
-        raise ValueError("stacks must cut the runs into consecutive groups")
+    if [i for s in stacks for i in s] != list(range(total)):
+        raise CheckpointError(
+            f"checkpoint: corrupt checkpoint: its stacks of runs do not cut this run's {total} "
+            "run(s) in order"
+        )
+    checkpoint["stacks"] = stacks
     if pending is not None and pending.get("members", 1) != len(
         next((s for s in stacks if s[0] == pending["index"]), [])
     ):
         raise CheckpointError(
-            "checkpoint: it was saved while training runs "
-            f"{pending['index']}..{pending['index'] + pending.get('members', 1) - 1} together, "
-            "which this run does not: resume with the flags it was saved with "
-            "(--sequential, --batch-memory)"
+            f"checkpoint: corrupt checkpoint: the runs in progress from run {pending['index']} "
+            "are not one of its stacks"
         )
     try:  # Ctrl-C anywhere, inside a run or between two, keeps the finished runs
         for stack in stacks:

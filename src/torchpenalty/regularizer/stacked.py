@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +61,7 @@ class Stacked(nn.Module):
                     f"models[{i}] has other parameters than models[0]: stacking needs one "
                     "architecture"
                 )
-        params, buffers = torch.func.stack_module_state(models)  # type: ignore[arg-type]
+        params, buffers = torch.func.stack_module_state(models)
         module = copy.deepcopy(models[0])
         for name, value in params.items():
             _set(module, name, value.detach(), parameter=True)
@@ -75,7 +75,7 @@ class Stacked(nn.Module):
     def _run_chain(self, x: Tensor, shared: bool) -> Tensor:
         k = self.members
         h = x.expand(k, *x.shape) if shared else x
-        for layer in self.stacked_module:
+        for layer in cast(nn.Sequential, self.stacked_module):
             if isinstance(layer, nn.Linear):
                 # member k's rows times member k's weight: (K, ..., in) @ (K, 1.., in, out)
                 weight = layer.weight.transpose(-1, -2)
@@ -91,7 +91,7 @@ class Stacked(nn.Module):
         (or all of ``inputs[i]`` with ``shared=True``)."""
         if len(inputs) == 1 and isinstance(inputs[0], Tensor) and _is_chain(self.stacked_module):
             return self._run_chain(inputs[0], shared)
-        params = dict(self.stacked_module.named_parameters())
+        params: dict[str, Tensor] = dict(self.stacked_module.named_parameters())
         buffers = dict(self.stacked_module.named_buffers())
 
         def call(p: dict[str, Tensor], b: dict[str, Tensor], *xs: Any) -> Any:
