@@ -47,7 +47,7 @@ def reference_groups(w: np.ndarray, groups) -> list[np.ndarray]:
 GROUPINGS = ["rows", "cols", "tensor", by_parity]
 
 
-@pytest.mark.parametrize("groups", GROUPINGS, ids=str)
+@pytest.mark.parametrize("groups", GROUPINGS, ids=lambda g: getattr(g, "__name__", g))
 @pytest.mark.parametrize("scale", ["none", "sqrt_size"])
 def test_value_matches_definition(groups, scale):
     w = np.random.default_rng(0).normal(size=(4, 3, 2))
@@ -68,7 +68,7 @@ def test_tensor_groups_are_the_norm_snippet():
     torch.testing.assert_close(GroupLasso(0.3, "tensor").value(w), 0.3 * torch.norm(w, 2))
 
 
-@pytest.mark.parametrize("groups", GROUPINGS, ids=str)
+@pytest.mark.parametrize("groups", GROUPINGS, ids=lambda g: getattr(g, "__name__", g))
 @pytest.mark.parametrize("pen_cls", [GroupLasso, SparseGroupLasso])
 def test_grad_matches_autograd_and_is_zero_at_zero_groups(groups, pen_cls):
     g = torch.Generator().manual_seed(1)
