@@ -15,9 +15,9 @@ import torch
 
 from .helpers import run_cli
 
-#: long enough that the second contender is caught mid-run by a poll every 50 ms (an epoch here
-#: takes tens of milliseconds), short enough to keep the test near 20 s
-EPOCHS = 80
+#: long enough that the run is caught mid-run by a poll every 20 ms (an epoch here takes tens of
+#: milliseconds), short enough to keep the test near 15 s
+EPOCHS = 40
 ARGS = [
     "compare",
     "--quiet",
@@ -67,7 +67,7 @@ def test_a_killed_run_resumes_to_the_same_weights_and_numbers(tmp_path, batching
         if current and current["index"] == index and current["state"]["epoch"] >= 5:
             killed.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
     state = torch.load(checkpoint, weights_only=True)  # loads as plain tensors and containers

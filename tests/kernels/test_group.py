@@ -79,7 +79,7 @@ CASES = [(p, torch.float32) for p in PENALTIES] + [
 
 @pytest.mark.parametrize(
     "penalty, dtype",
-    matrix(CASES, {0, 4}, [f"{p!r}-{str(d).removeprefix('torch.')}" for p, d in CASES]),
+    matrix(CASES, {4}, [f"{p!r}-{str(d).removeprefix('torch.')}" for p, d in CASES]),
 )
 def test_fused_group_kernels_equal_the_eager_path(penalty, dtype):
     tiny = {torch.float32: 1e-30, torch.float64: 1e-170, torch.bfloat16: 1e-30}[dtype]
@@ -352,7 +352,7 @@ def test_kernel_window_groups_equal_the_eager_path(penalty):
 
 
 @pytest.mark.parametrize(
-    "penalty", matrix([GroupLasso(0.3, kernel_windows), UnitNorm(kernel_windows)], {0})
+    "penalty", matrix([GroupLasso(0.3, kernel_windows), UnitNorm(kernel_windows)], set())
 )
 def test_channels_last_kernel_windows_equal_the_eager_path(penalty):
     """Channels-last conv weights have no (windows, 9) view: the fused kernels update them
