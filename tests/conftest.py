@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one worker per core (pytest -n auto): each uses one thread, and so do the processes it
+    # starts (OMP_NUM_THREADS) and compilations (no compile worker pool of its own), instead
+    # of every worker oversubscribing every core
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
 class ConvNet(nn.Module):
