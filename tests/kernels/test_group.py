@@ -321,7 +321,7 @@ def kernel_windows(w):
 WINDOWS = [GroupLasso(0.3, kernel_windows), SparseGroupLasso(0.05, 0.3, kernel_windows)]
 
 
-@pytest.mark.parametrize("penalty", matrix(WINDOWS, {1}, [repr(p) for p in WINDOWS]))
+@pytest.mark.parametrize("penalty", matrix(WINDOWS, set(), [repr(p) for p in WINDOWS]))
 def test_kernel_window_groups_equal_the_eager_path(penalty):
     """3x3 kernel windows: 32 short rows of 9 weights (summed column by column)."""
 
