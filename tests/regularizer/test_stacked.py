@@ -170,3 +170,16 @@ def test_dropout_draws_differ_per_member():
 def test_bad_input(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+def test_reports_count_each_members_units():
+    singles = [model(s) for s in range(K)]
+    with torch.no_grad():
+        singles[1][0].weight[:3] = 0  # member 1: three dead units in layer 0
+        singles[3][2].weight[1] = 0  # member 3: one in layer 2
+    stacked = tp.Stacked(singles)
+    report = tp.Regularizer(stacked, "l1", strengths=STRENGTHS).report()
+    alone = [tp.Regularizer(m, "l1").report() for m in singles]
+    assert report.units == sum(r.units for r in alone) == K * (8 + 3)
+    assert report.zero_units == sum(r.zero_units for r in alone) == 4
+    assert report.zero_fraction == pytest.approx(sum(r.zero_fraction for r in alone) / K)

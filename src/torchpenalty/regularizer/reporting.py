@@ -162,7 +162,15 @@ def build_report(
             value = pen.total_value([w.detach()], Batch(EAGER, (spec,) if spec else (), centers))
             group = pen.group_stats(w, spec)
             rows_local = spec is None or spec.dim == 0  # whole rows here: dead units countable
-            units = param.shape[0] if param.ndim >= 2 and rows_local else None
+            # a stacked tensor (`Members`): each member's units, all members together
+            members = getattr(pen, "members", None)
+            unit_rows = w.flatten(0, 1) if members and w.ndim >= 3 else w
+            stacked_vector = bool(members) and w.ndim < 3
+            units = (
+                unit_rows.shape[0]
+                if unit_rows.ndim >= 2 and rows_local and not stacked_vector
+                else None
+            )
             zero_groups = torch.zeros((), dtype=torch.float64, device=w.device)
             groups = None
             if group is not None:
@@ -174,7 +182,7 @@ def build_report(
                 value.to(torch.float64),
                 sharding.norm_part(tensor_norm(w)),
                 (w == 0).sum().to(torch.float64),
-                _zero_units(w) if units else torch.zeros((), dtype=torch.float64),
+                _zero_units(unit_rows) if units else torch.zeros((), dtype=torch.float64),
                 zero_groups,
             ]
             stats.append(torch.stack([f.to(w.device, torch.float64) for f in figures]))
