@@ -166,10 +166,10 @@ def build_report(
             members = getattr(pen, "members", None)
             unit_rows = w.flatten(0, 1) if members and w.ndim >= 3 else w
             # the global count (param, not the local shard w): rows of a stack's members
-            rows = param.shape[0] * param.shape[1] if members and param.ndim >= 3 else None
+            unit_count = param.shape[0] * param.shape[1] if members and param.ndim >= 3 else None
             if not members:
-                rows = param.shape[0] if param.ndim >= 2 else None
-            units = rows if rows_local else None
+                unit_count = param.shape[0] if param.ndim >= 2 else None
+            units = unit_count if rows_local else None
             zero_groups = torch.zeros((), dtype=torch.float64, device=w.device)
             groups = None
             if group is not None:
