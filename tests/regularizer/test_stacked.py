@@ -183,3 +183,23 @@ def test_reports_count_each_members_units():
     assert report.units == sum(r.units for r in alone) == K * (8 + 3)
     assert report.zero_units == sum(r.zero_units for r in alone) == 4
     assert report.zero_fraction == pytest.approx(sum(r.zero_fraction for r in alone) / K)
+
+
+def test_a_members_report_is_the_report_of_the_model_trained_alone():
+    stacked, reg, singles, regs = train_both("group_lasso", "proximal", optimizers()["sgd"])
+    for k, alone in enumerate(regs):
+        mine, theirs = reg.report(member=k), alone.report()
+        assert [r.name for r in mine.rows] == [r.name for r in theirs.rows]
+        for a, b in zip(mine.rows, theirs.rows, strict=True):
+            assert a.shape == b.shape and a.penalty == b.penalty
+            assert a.value == pytest.approx(b.value, rel=1e-9)
+            assert a.l2_norm == pytest.approx(b.l2_norm, rel=1e-9)
+            assert (a.zero_fraction, a.zero_groups, a.zero_units) == (
+                b.zero_fraction,
+                b.zero_groups,
+                b.zero_units,
+            )
+    with pytest.raises(ValueError, match=r"member must be a whole number in \[0, 4\), got 4"):
+        reg.report(member=4)
+    with pytest.raises(ValueError, match="has no members"):
+        regs[0].report(member=0)

@@ -110,6 +110,19 @@ def _per_member(
     return [None if p is None else Members.scaled(p, strengths) for p in assigned]
 
 
+def _member_entry(entry: tuple, member: int) -> tuple:
+    """A report entry ``(name, param, penalty, reference)`` cut to one member of a stack."""
+    name, param, pen, ref = entry
+    if not isinstance(pen, Members):
+        raise ValueError(
+            "member= reports one member of a Stacked model's regularizer (strengths=); "
+            f"{name!r} has no members"
+        )
+    if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < pen.members:
+        raise ValueError(f"member must be a whole number in [0, {pen.members}), got {member!r}")
+    return name, param.detach()[member], pen.terms[member], ref
+
+
 def _restored(saved: object, fresh: Tensor, name: str) -> Tensor:
     """A reference from a state dict, laid out like the captured one (``fresh`` if none)."""
     if saved is None:
@@ -611,13 +624,21 @@ class Regularizer:
         )
 
     # -- reporting and state ----------------------------------------------------------------
-    def report(self) -> Report:
+    def report(self, member: int | None = None) -> Report:
         """Per regularized parameter: its penalty value, L2 norm and exact zeros.
+
+        Args:
+            member: for a regularizer of a `Stacked` model (``strengths=``), the report of
+                member ``member`` alone: its slice of every parameter with its own penalty, as
+                if it were trained alone; None (default): all members together.
 
         Returns:
             A `Report`: one `ParameterReport` per parameter (value in loss units, ``||w||_2``,
             fraction of exact zeros, all-zero groups and all-zero dim-0 units). Synchronizes the
             device once (and one all-reduce when sharded).
+
+        Raises:
+            ValueError: ``member`` on a regularizer without members, or out of range.
         """
         self.refresh()
         entries = [
@@ -626,6 +647,8 @@ class Regularizer:
                 self._names, self._params, self._penalties, self._references, strict=True
             )
         ]
+        if member is not None:
+            entries = [_member_entry(entry, member) for entry in entries]
         report = build_report(entries, self._sharding)
         if self.target is not None:
             report.target = self.target.status()
