@@ -186,7 +186,7 @@ def test_reports_count_each_members_units():
 
 
 def test_a_members_report_is_the_report_of_the_model_trained_alone():
-    stacked, reg, singles, regs = train_both("group_lasso", "proximal", optimizers()["sgd"])
+    _, reg, _, regs = train_both("group_lasso", "proximal", optimizers()["sgd"])
     for k, alone in enumerate(regs):
         mine, theirs = reg.report(member=k), alone.report()
         assert [r.name for r in mine.rows] == [r.name for r in theirs.rows]
