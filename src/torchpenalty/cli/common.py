@@ -206,13 +206,23 @@ def check_tensorboard(parser: argparse.ArgumentParser, args: argparse.Namespace)
         )
     if where.exists() and not where.is_dir():
         parser.error(f"--tensorboard {where}: not a folder")
+    problem = cannot_write(where)
+    if problem:
+        parser.error(f"--tensorboard {where}: cannot write there: {problem}")
+
+
+def cannot_write(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created and written (its reason and the path it failed on),
+    or None once a file was written and removed there."""
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=where, prefix=".write-test-"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        parser.error(f"--tensorboard {where}: cannot write there: {reason}")
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(folder) else ""
+        return reason + where
+    return None
 
 
 def output_dir(args: argparse.Namespace, command: str) -> Path:
@@ -224,14 +234,9 @@ def output_dir(args: argparse.Namespace, command: str) -> Path:
         out = Path("runs") / f"{command}-{stamp}"
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out}: is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out) else ""
-        raise CommandError(f"--out {out}: cannot write there: {reason}{where}") from None
+    problem = cannot_write(out)
+    if problem:
+        raise CommandError(f"--out {out}: cannot write there: {problem}")
     return out
 
 
