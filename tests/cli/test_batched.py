@@ -57,6 +57,11 @@ def test_compare_stacks_what_shares_an_optimizer_and_says_what_trained_alone(tmp
         ["l1(1e-4)", "l2(1e-3)", "none"],
         ["weight_decay=0.001"],
     ]
+    # one seed: weight_decay=0.001 has no run to share a stack with, and the output names it
+    assert run_cli("compare", *SMALL, "--epochs", "1", "--out", tmp_path / "one") == 0
+    assert "trained at once: 3 of 4 runs, in stacks of 3; alone: weight_decay=0.001" in (
+        capsys.readouterr().out
+    )
     # a sparsity target trains alone
     flags = ["compare", *SMALL, "--epochs", "1", "--reg", "group_lasso(1e-3)@proximal"]
     assert run_cli(*flags, "--reg", "none", "--target", "units=0.5", "--out", tmp_path / "t") == 0

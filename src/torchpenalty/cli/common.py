@@ -361,9 +361,10 @@ def describe_stacks(trained: Trained, runs: int) -> str | None:
         return None
     together = sum(len(s) for s in trained.stacks)
     sizes = ", ".join(str(len(s)) for s in trained.stacks)
-    alone = runs - together
+    stacked = {run for stack in trained.stacks for run in stack}
+    alone = sorted({r.contender for r in trained.results if (r.contender, r.seed) not in stacked})
     return f"trained at once: {together} of {runs} runs, in stacks of {sizes}" + (
-        f"; {alone} alone (another optimizer, decay, dropout or mode, or a target)" if alone else ""
+        f"; alone: {', '.join(alone)}" if alone else ""
     )
 
 
