@@ -47,32 +47,38 @@ def cli(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("batching", [["--sequential"], []], ids=["sequential", "stacked"])
-def test_a_killed_run_resumes_to_the_same_weights_and_numbers(tmp_path, batching):
-    """Sequential: killed while the second contender trains. Stacked (both contenders train
-    at once): killed mid-stack."""
-    args = [*ARGS, *batching]
-    straight = cli(*args, "--out", tmp_path / "straight")
-    killed = cli(*args, "--out", tmp_path / "killed")
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    index = 1 if batching else 0
+def kill_when(proc: subprocess.Popen, checkpoint, index: int) -> dict:
+    """SIGKILL ``proc`` once its checkpoint shows run ``index`` (or the stack it starts) at
+    epoch 5 or later; the checkpoint it left."""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill it once the run (or stack) is under way
+    while time.monotonic() < deadline:
         try:
             state = torch.load(checkpoint, weights_only=True)
         except (FileNotFoundError, RuntimeError, EOFError):
             state = None
         current = state and state["current"]
         if current and current["index"] == index and current["state"]["epoch"] >= 5:
-            killed.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
-    killed.communicate(timeout=120)
-    assert killed.returncode == -signal.SIGKILL
-    state = torch.load(checkpoint, weights_only=True)  # loads as plain tensors and containers
-    assert len(state["completed"]) == index and state["current"]["state"]["epoch"] < EPOCHS
-    assert state["current"].get("members", 1) == (1 if batching else 2)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    return torch.load(checkpoint, weights_only=True)  # loads as plain tensors and containers
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights_and_numbers(tmp_path):
+    """none and l1(1e-3) train at once (one stack), then weight_decay=1e-3 alone: killed in the
+    middle of the stack, resumed in a new process, killed again while the run after the stack
+    trains, resumed again; the same numbers and weights as a run never killed."""
+    args = [*ARGS, "--weight-decay", "1e-3"]
+    straight = cli(*args, "--out", tmp_path / "straight")
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    state = kill_when(cli(*args, "--out", tmp_path / "killed"), checkpoint, 0)
+    assert state["completed"] == [] and state["current"]["members"] == 2
+    assert state["stacks"] == [[0, 1], [2]] and state["current"]["state"]["epoch"] < EPOCHS
+    state = kill_when(cli("compare", "--resume", checkpoint, "--quiet"), checkpoint, 2)
+    assert len(state["completed"]) == 2 and state["current"].get("members", 1) == 1
     assert not (tmp_path / "killed" / "results.json").exists()
 
     resumed = cli("compare", "--resume", checkpoint, "--quiet")

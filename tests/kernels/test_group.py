@@ -246,7 +246,7 @@ GROUP_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec", matrix([GROUP_SPECS[0], GROUP_SPECS[2], GROUP_SPECS[-1]], {0}))
+@pytest.mark.parametrize("spec", matrix([GROUP_SPECS[0], GROUP_SPECS[2], GROUP_SPECS[-1]], set()))
 def test_user_compiled_steps_have_no_graph_break(spec):
     """Inside the user's ``torch.compile(fullgraph=True)`` (which raises on a graph break), every
     mode traces through, and matches eager."""
