@@ -53,6 +53,14 @@ class Members(Penalty):
                 )
         object.__setattr__(self, "terms", terms)
         object.__setattr__(self, "_strengths", {})
+        # read once: every fast-path call asks which path applies
+        pairs = [t.elementwise_strengths() for t in terms]
+        elementwise = (
+            None
+            if any(p is None for p in pairs)
+            else ([p[0] for p in pairs if p], [p[1] for p in pairs if p])
+        )
+        object.__setattr__(self, "_pairs", elementwise)
 
     @classmethod
     def scaled(cls, penalty: Penalty, strengths: Sequence[float] | Tensor) -> Members:
@@ -149,11 +157,8 @@ class Members(Penalty):
 
     # -- the fast path -------------------------------------------------------------------------
     def _elementwise(self) -> tuple[list[float], list[float]] | None:
-        """Every member's ``(l1, l2)``, if every member is elementwise."""
-        pairs = [t.elementwise_strengths() for t in self.terms]
-        if any(p is None for p in pairs):
-            return None
-        return [p[0] for p in pairs if p], [p[1] for p in pairs if p]
+        """Every member's ``(l1, l2)``, if every member is elementwise (read at construction)."""
+        return self._pairs  # type: ignore[attr-defined]
 
     def _per_member(self, w: Tensor, which: int) -> Tensor | None:
         """Member strengths ``l1`` (``which=0``) or ``l2`` (1) as a ``(K, 1, ...)`` tensor of
